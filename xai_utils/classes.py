@@ -1,0 +1,21 @@
+"""ImageNet-1k class names, from the category list that torchvision bundles (no download)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in index order."""
+    from torchvision.models import ResNet18_Weights
+
+    return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def class_name(model, index: int) -> str:
+    """Human-readable name of class `index` for `model` (falls back to the index)."""
+    names = getattr(getattr(model, "xai", None), "class_names", None)
+    if names is None or not 0 <= int(index) < len(names):
+        return str(int(index))
+    return names[int(index)]

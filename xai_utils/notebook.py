@@ -1,0 +1,79 @@
+"""Notebook plumbing: recording key numbers, reading them back, checking parameters.
+
+`record(name, value)` displays the value under a private MIME type, so papermill keeps it in
+the executed notebook; `read_records(path)` collects them again for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MIME = "application/vnd.xai-utils.record+json"
+RECORDS: dict[str, object] = {}
+
+
+def _plain(value):
+    """JSON-able copy of numbers, tensors, arrays, lists and dicts (NaN kept as None)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot record a {type(value).__name__}")
+
+
+def record(name: str, value) -> None:
+    """Record a key number (or list / dict of them) under `name` in the notebook output."""
+    from IPython.display import display
+
+    plain = _plain(value)
+    RECORDS[name] = plain
+    display({MIME: {name: plain}, "text/plain": f"{name} = {plain}"}, raw=True)
+
+
+def read_records(path: str | Path) -> dict[str, object]:
+    """All values recorded in an executed notebook, by name (later records win)."""
+    nb = json.loads(Path(path).read_text())
+    found: dict[str, object] = {}
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {}).get(MIME)
+            if isinstance(data, str):
+                data = json.loads(data)
+            if data:
+                found.update(data)
+    return found
+
+
+def check_params(values: dict, **types) -> None:
+    """Raise a TypeError naming any notebook parameter whose value has the wrong type.
+
+    >>> check_params(globals(), MODEL=str, TOPK=int, INTERACTIVE=bool)
+    """
+    for name, expected in types.items():
+        if name not in values:
+            raise NameError(f"notebook parameter {name} is not defined")
+        value = values[name]
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        is_bool = isinstance(value, bool)
+        ok = isinstance(value, allowed) and not (is_bool and bool not in allowed)
+        if float in allowed and isinstance(value, int) and not is_bool:
+            ok = True
+        if not ok:
+            names = " or ".join(t.__name__ for t in allowed)
+            raise TypeError(f"notebook parameter {name} must be {names}, "
+                            f"got {type(value).__name__} {value!r}")

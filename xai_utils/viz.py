@@ -1,0 +1,63 @@
+"""Heatmap overlays and the one helper that writes every figure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
+
+
+def normalize(saliency, clip: float = 1.0) -> np.ndarray:
+    """A map (H x W tensor or array) min-max scaled to [0, 1] as a NumPy array.
+
+    `clip` < 1 saturates the top values at that quantile (gradient maps are spiky).
+    """
+    if isinstance(saliency, torch.Tensor):
+        saliency = saliency.detach().float().cpu().numpy()
+    sal = np.asarray(saliency, dtype=np.float32)
+    lo = float(sal.min())
+    hi = float(np.quantile(sal, clip)) if clip < 1 else float(sal.max())
+    sal = np.minimum(sal, hi)
+    return (sal - lo) / (hi - lo) if hi > lo else np.zeros_like(sal)
+
+
+def overlay(image, saliency, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend a colour-mapped saliency map onto an image; both H x W; returns H x W x 3 in [0, 1].
+
+    The map is resized to the image if needed and min-max normalised; `alpha` is the weight
+    of the heatmap (0 = image only, 1 = heatmap only).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.max() > 1.0:
+        img = img / 255.0
+    sal = saliency
+    if isinstance(sal, torch.Tensor):
+        sal = sal.detach().float().cpu()
+        if tuple(sal.shape[-2:]) != img.shape[:2]:
+            sal = torch.nn.functional.interpolate(sal[None, None], size=img.shape[:2],
+                                                  mode="bilinear", align_corners=False)[0, 0]
+    heat = matplotlib.colormaps[cmap](normalize(sal))[..., :3]
+    if heat.shape[:2] != img.shape[:2]:
+        raise ValueError(f"saliency {heat.shape[:2]} does not match image {img.shape[:2]}")
+    return np.clip((1 - alpha) * img + alpha * heat, 0, 1)
+
+
+def figures_dir() -> Path:
+    """Where figures go: `XAI_FIGURES_DIR` if set (tests use a temp dir), else figures/."""
+    return Path(os.environ.get("XAI_FIGURES_DIR", FIGURES_DIR))
+
+
+def save_figure(fig, name: str, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as figures/<name>.png and return the path."""
+    if not name or "/" in name or "\\" in name:
+        raise ValueError(f"figure name must be a plain file name, got {name!r}")
+    out = figures_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (name if name.endswith(".png") else f"{name}.png")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    return path
