@@ -25,6 +25,10 @@ def _check(name: str, got, want) -> None:
             assert abs(got - want["value"]) <= want["tol"], f"{name}: {got} vs {want}"
         else:
             assert want["min"] <= got <= want["max"], f"{name}: {got} not in {want}"
+    elif isinstance(want, list) and want and isinstance(want[0], dict):
+        assert isinstance(got, list) and len(got) == len(want), f"{name}: {got!r}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _check(f"{name}[{i}]", g, w)
     elif isinstance(want, dict):
         assert isinstance(got, dict), f"{name}: {got!r}"
         for key, sub in want.items():

@@ -81,3 +81,11 @@ def test_shapes_generator_is_deterministic_and_masks_are_white():
     quad = big.masks[big.labels == 0].float().mean()
     ell = big.masks[big.labels == 1].float().mean()
     assert abs(quad - ell) / ell < 0.1  # size is no clue to the class
+
+
+def test_training_is_deterministic(tmp_path):
+    a = shapes.train(steps=4, batch=8, out=tmp_path / "a.pt")
+    b = shapes.train(steps=4, batch=8, out=tmp_path / "b.pt")
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in a.modules())
