@@ -1,0 +1,100 @@
+import pytest
+import torch
+from torch import nn
+
+import xai_utils as xu
+from xai_utils import extremal as ep
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return Tiny().double().eval()
+
+
+def test_pyramid_levels_and_interpolation():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 20, 20, dtype=torch.float64)
+    pyr = ep.blur_pyramid(x, levels=3, max_blur=4.0)
+    assert torch.equal(pyr[:, 2], x)
+    torch.testing.assert_close(pyr[:, 1], xu.metrics.blurred(x, 2.0))
+    ones = torch.ones(2, 1, 20, 20, dtype=torch.float64)
+    assert torch.equal(ep.apply_pyramid(pyr, ones), x)
+    torch.testing.assert_close(ep.apply_pyramid(pyr, 0 * ones), pyr[:, 0])
+    torch.testing.assert_close(ep.apply_pyramid(pyr, 0.5 * ones), pyr[:, 1])
+    # a quarter of the way: halfway between level 0 and level 1
+    torch.testing.assert_close(ep.apply_pyramid(pyr, 0.25 * ones), (pyr[:, 0] + pyr[:, 1]) / 2)
+
+
+def test_mask_generator_bounds_and_smoothness():
+    gen = ep.SmoothMaskGenerator((30, 30), step=5, sigma=10.0, dtype=torch.float64)
+    assert gen.shape_in == (6, 6) and gen.weight.shape == (1, 49, 30, 30)
+    zero = gen(torch.zeros(1, 1, 6, 6, dtype=torch.float64))
+    assert torch.equal(zero, torch.zeros_like(zero))
+    one = gen(torch.ones(1, 1, 6, 6, dtype=torch.float64))
+    assert one.min() > 0.9 and one.max() <= 1
+    spot = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
+    spot[..., 3, 3] = 1
+    m = gen(spot)[0, 0]
+    # a flat top of radius sigma / 2 around the node's centre (17, 17), decaying outside
+    assert (m[13:22, 17] > 0.99 * m.max()).all() and (m[17, 13:22] > 0.99 * m.max()).all()
+    assert m[17, 17] > 0.5 and m[0, 0] < 0.05 * m[17, 17]
+
+
+def test_clamp_keeps_gradient_at_bounds():
+    m = torch.tensor([0.0, 0.5, 1.0, 1.5], requires_grad=True)
+    ep.clamp_unit(m).sum().backward()
+    assert m.grad.tolist() == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_area_reference():
+    ref = ep.area_reference([0.25, 0.5], 8)
+    assert ref.tolist() == [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]]
+
+
+def test_batch_of_images_and_areas_equals_single_runs(tiny):
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 24, 24, dtype=torch.float64)
+    kw = dict(areas=[0.1, 0.3], steps=12, step=4, sigma=6.0, progress=False)
+    batch = xu.explain("extremal_perturbation", tiny, x, target=[0, 2], **kw)
+    assert batch.extras["masks"].shape == (2, 2, 24, 24)
+    for i, t in enumerate([0, 2]):
+        for j, a in enumerate([0.1, 0.3]):
+            one = xu.explain("extremal_perturbation", tiny, x[i:i + 1], target=t,
+                             **{**kw, "areas": [a]})
+            torch.testing.assert_close(one.extras["masks"][0, 0], batch.extras["masks"][i, j],
+                                       rtol=0, atol=1e-10)
+    torch.testing.assert_close(batch.saliency, batch.extras["masks"].sum(1))
+
+
+@pytest.mark.parametrize("variant,areas", [("preserve", [0.1, 0.3, 0.5]), ("delete", [0.2])])
+def test_area_matches_request_after_optimisation(tiny, variant, areas):
+    torch.manual_seed(2)
+    x = torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    expl = xu.explain("extremal_perturbation", tiny, x, target=1, areas=areas, steps=200,
+                      step=4, sigma=6.0, variant=variant, progress=False)
+    achieved = expl.extras["achieved"][0]
+    torch.testing.assert_close(achieved, torch.tensor(areas, dtype=torch.float64),
+                               rtol=0, atol=0.05)
+    masks = expl.extras["masks"]
+    assert masks.min() >= 0 and masks.max() <= 1
+
+
+def test_bad_parameters(tiny):
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="areas"):
+        xu.explain("extremal_perturbation", tiny, x, areas=[0.0])
+    with pytest.raises(ValueError, match="variant"):
+        xu.explain("extremal_perturbation", tiny, x, variant="dual")
+    with pytest.raises(ValueError, match="reward"):
+        xu.explain("extremal_perturbation", tiny, x, steps=1, reward="log", progress=False)
