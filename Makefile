@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[notebooks,test]"
+	$(BIN)/python scripts/install_wordnet.py
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,6 +11,14 @@ The public API (see README.md):
 
 # Method modules: importing them fills the explain() registry (one line per module).
 from xai_utils import baselines  # noqa: E402, F401, I001
+from xai_utils import inversion  # noqa: E402, F401, I001
+from xai_utils import nbdt  # noqa: E402, F401, I001
+from xai_utils import lrp  # noqa: E402, F401, I001
+from xai_utils import cam  # noqa: E402, F401, I001
+from xai_utils import features, occlusion, occlusion_tool  # noqa: E402, F401, I001
+from xai_utils import perturbation_cnn  # noqa: E402, F401, I001
+from xai_utils import meaningful  # noqa: E402, F401, I001
+from xai_utils import extremal  # noqa: E402, F401, I001
 from xai_utils.classes import class_name, imagenet_classes
 from xai_utils.explain import Explanation, explain, methods, register
 from xai_utils.hooks import capture, get_layer
