@@ -39,7 +39,22 @@ def main() -> int:
             status, _ = f"FAILED: {err.ename}: {err.evalue}", failed.append(path.name)
         print(f"{path.name:<32} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
     print(f"{'total':<32} {time.perf_counter() - total:7.1f} s")
+    if update_readme():
+        print("README.md: results tables updated from figures/08_benchmark_tables.md")
     return 1 if failed else 0
+
+
+def update_readme(tables: Path = ROOT / "figures" / "08_benchmark_tables.md",
+                  readme: Path = ROOT / "README.md") -> bool:
+    """Put the benchmark notebook's tables between the README's results markers."""
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = readme.read_text()
+    if not tables.exists() or start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{start}\n{tables.read_text().strip()}\n{end}{tail}")
+    return True
 
 
 if __name__ == "__main__":

@@ -26,11 +26,14 @@ def normalize(saliency, clip: float = 1.0) -> np.ndarray:
     return (sal - lo) / (hi - lo) if hi > lo else np.zeros_like(sal)
 
 
-def overlay(image, saliency, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+def overlay(image, saliency, alpha: float = 0.5, cmap: str = "jet", clip: float = 1.0,
+            positive: bool = False) -> np.ndarray:
     """Blend a colour-mapped saliency map onto an image; both H x W; returns H x W x 3 in [0, 1].
 
     The map is resized to the image if needed and min-max normalised; `alpha` is the weight
-    of the heatmap (0 = image only, 1 = heatmap only).
+    of the heatmap (0 = image only, 1 = heatmap only). `positive` shows only the evidence
+    for the class (negative values as 0); `clip` < 1 saturates the top values at that
+    quantile (see `normalize`), for spiky maps such as gradients and LRP.
     """
     img = np.asarray(image, dtype=np.float32)
     if img.max() > 1.0:
@@ -41,7 +44,9 @@ def overlay(image, saliency, alpha: float = 0.5, cmap: str = "jet") -> np.ndarra
         if tuple(sal.shape[-2:]) != img.shape[:2]:
             sal = torch.nn.functional.interpolate(sal[None, None], size=img.shape[:2],
                                                   mode="bilinear", align_corners=False)[0, 0]
-    heat = matplotlib.colormaps[cmap](normalize(sal))[..., :3]
+    if positive:
+        sal = sal.clamp_min(0) if isinstance(sal, torch.Tensor) else np.maximum(sal, 0)
+    heat = matplotlib.colormaps[cmap](normalize(sal, clip))[..., :3]
     if heat.shape[:2] != img.shape[:2]:
         raise ValueError(f"saliency {heat.shape[:2]} does not match image {img.shape[:2]}")
     return np.clip((1 - alpha) * img + alpha * heat, 0, 1)
