@@ -183,7 +183,8 @@ class _PeakRSS:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer measures it (no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -203,7 +204,7 @@ def profile(fn, device: torch.device, repeats: int = 3, slow: float = 1.0) -> di
     peak on a GPU, sampled resident memory on the CPU."""
     start = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     if time.perf_counter() - start > slow:
         repeats = 1
     gc.collect()
@@ -214,10 +215,10 @@ def profile(fn, device: torch.device, repeats: int = 3, slow: float = 1.0) -> di
         base = torch.cuda.memory_allocated(device)
     with _PeakRSS() as watch:
         for _ in range(repeats):
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base

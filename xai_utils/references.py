@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_utils.cam import default_layer
+from xai_utils.evaluation import synchronize
 from xai_utils.hooks import get_layer
 
 
@@ -99,12 +100,10 @@ def compare(ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor]
     times: dict[str, list[float]] = {"ours": [], "theirs": []}
     for _ in range(repeats):
         for key, fn in (("ours", ours), ("theirs", theirs)):
-            if a.device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(a.device)
             start = time.perf_counter()
             fn()
-            if a.device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(a.device)
             times[key].append(time.perf_counter() - start)
     t_ours, t_theirs = (statistics.median(times[k]) for k in ("ours", "theirs"))
     return {"pearson": pearson(a, b), "ours_s": t_ours, "theirs_s": t_theirs,
