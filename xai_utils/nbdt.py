@@ -162,6 +162,21 @@ def soft(tree: Tree, logits: torch.Tensor, rule: str = "mean") -> torch.Tensor:
     return (edge_log_probs(tree, logits, rule) @ on_path).exp()
 
 
+def tree_supervision_loss(tree: Tree, logits: torch.Tensor, labels: torch.Tensor,
+                          weight: float = 1.0) -> torch.Tensor:
+    """NBDT's soft tree-supervision loss (Wan et al. 2021, Sec. 3.2): the network's cross
+    entropy plus `weight` times the soft tree's, -log p_tree(label).
+
+    The paper's form: the `nbdt` package instead passes the tree's probabilities to
+    `CrossEntropyLoss` as if they were logits (a softmax of probabilities), which caps the
+    tree term's gradient; we take the log of the tree's distribution as the paper writes it.
+    """
+    on_path = (tree.mean > 0).to(logits.device, logits.dtype)
+    tree_log_probs = edge_log_probs(tree, logits) @ on_path
+    return (nn.functional.cross_entropy(logits, labels)
+            + weight * nn.functional.nll_loss(tree_log_probs, labels))
+
+
 def hard(tree: Tree, logits: torch.Tensor,
          rule: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy descent from the root: (B predicted classes, B x depth edges taken, -1 pad)."""

@@ -90,31 +90,59 @@ class FiguresNet(nn.Module):
 def train(steps: int = 300, batch: int = 32, lr: float = 4e-3, seed: int = 0,
           device=None) -> nn.Module:
     """Deterministic training on a fresh stream (Adam, one-cycle); eval mode, with `.xai`."""
-    from tqdm.auto import tqdm
-
     from xai_utils.models import ModelInfo
     from xai_utils.models import device as default_device
 
     dev = torch.device(device or default_device())
     torch.manual_seed(seed)
     model = FiguresNet().to(dev)
+    _fit(model, steps, batch, lr, seed, nn.functional.cross_entropy, "figures net")
+    model.xai = ModelInfo("figures_net", (0.0,) * 3, (1.0,) * 3, SIZE, 1.0, "bilinear", CLASSES)
+    return model.eval()
+
+
+def finetune(model: nn.Module, steps: int = 150, tree=None, tree_weight: float = 1.0,
+             batch: int = 32, lr: float = 1e-3, seed: int = 1) -> nn.Module:
+    """A fine-tuned copy of `model` on a new stream: with `tree`, NBDT's tree-supervision
+    loss (`nbdt.tree_supervision_loss`, the tree held fixed); without, plain cross entropy
+    (the control: the same extra training without the tree)."""
+    import copy
+
+    from xai_utils.nbdt import tree_supervision_loss
+
+    tuned = copy.deepcopy(model)
+    if tree is None:
+        loss = nn.functional.cross_entropy
+    else:
+        def loss(logits, labels):
+            return tree_supervision_loss(tree, logits, labels, tree_weight)
+    torch.manual_seed(seed)
+    _fit(tuned, steps, batch, lr, seed, loss, "tree supervision" if tree else "fine-tuning")
+    return tuned.eval()
+
+
+def _fit(model: nn.Module, steps: int, batch: int, lr: float, seed: int, loss_fn,
+         desc: str) -> None:
+    """Adam with a one-cycle schedule on `steps` fresh batches (seeded by `seed`)."""
+    from tqdm.auto import tqdm
+
+    dev = next(model.parameters()).device
+    model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     threads = torch.get_num_threads()
     if dev.type == "cpu":  # a net this small runs faster on one thread than on a busy pool
         torch.set_num_threads(1)
     try:
-        for step in tqdm(range(steps), desc="figures net", mininterval=5):
+        for step in tqdm(range(steps), desc=desc, mininterval=5):
             data = generate(batch, seed=seed * 1_000_003 + step, device=dev)
-            loss = nn.functional.cross_entropy(model(data.images), data.labels)
+            loss = loss_fn(model(data.images), data.labels)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     finally:
         torch.set_num_threads(threads)
-    model.xai = ModelInfo("figures_net", (0.0,) * 3, (1.0,) * 3, SIZE, 1.0, "bilinear", CLASSES)
-    return model.eval()
 
 
 def test_set(n: int = 1000, device=None) -> FiguresBatch:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -204,6 +206,21 @@ def read_graph(path: str | Path) -> nx.DiGraph:
     return G
 
 
+def _import_nbdt_quietly() -> None:
+    """Import nbdt without its import-time noise: `nbdt.utils` runs `stty size` and prints
+    the failure when there is no terminal (notebooks, CI)."""
+    if "nbdt.utils" in sys.modules:
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        saved = os.dup(2)
+        os.dup2(null.fileno(), 2)
+        try:
+            import nbdt.utils  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 @contextlib.contextmanager
 def nbdt_patched() -> Iterator[None]:
     """Run nbdt 0.0.4 on current libraries: `affinity=` -> `metric=`, graph reads cached.
@@ -213,6 +230,7 @@ def nbdt_patched() -> Iterator[None]:
     nbdt would silently name every node "(generated)" without it.
     """
     wordnet()
+    _import_nbdt_quietly()
     import nbdt.data.custom as custom
     import nbdt.graph as graph
     from sklearn.cluster import AgglomerativeClustering

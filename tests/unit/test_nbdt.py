@@ -75,6 +75,23 @@ def test_marginal_rule_soft_tree_is_the_softmax():
     torch.testing.assert_close(out.soft_probs, logits.softmax(1))
 
 
+def test_tree_supervision_loss():
+    torch.manual_seed(3)
+    logits = (torch.randn(6, 3, dtype=torch.float64) * 2).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    # flat tree: the soft tree is the softmax, so the tree term is the cross entropy again
+    flat = nbdt.tree_supervision_loss(nbdt.flat_tree(3), logits, labels, weight=0.5)
+    torch.testing.assert_close(flat, 1.5 * ce)
+    tree = _toy_tree()
+    soft = nbdt.infer(tree, logits.detach()).soft_probs
+    expected = ce + 2.0 * -soft[torch.arange(6), labels].log().mean()
+    loss = nbdt.tree_supervision_loss(tree, logits, labels, weight=2.0)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_wordnet_missing_is_a_clear_error(tmp_path, monkeypatch):
     import nltk
 
