@@ -35,8 +35,10 @@ Tensor = torch.Tensor
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
-    """z + eps * sign(z), with sign(0) taken as +1, so the result is never zero."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z)
+    """z + eps * sign(z), with sign(0) taken as +1 (the sign bit of z: -0.0 gives -eps, which
+    only occurs where every contribution is zero, so no relevance depends on it); the result
+    is never zero."""
+    return z + torch.copysign(z.new_tensor(eps), z)
 
 
 def layer_forward(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
@@ -55,9 +57,22 @@ def layer_forward(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
             params["bias"] = saved[1]
 
 
+class _Attach(torch.autograd.Function):
+    """Forward: a copy of z (the next layer may work in place); backward: the whole
+    gradient goes to the carrier."""
+
+    @staticmethod
+    def forward(ctx, z, carrier):
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad
+
+
 def attach(z: Tensor, carrier: Tensor) -> Tensor:
-    """The value of z with the gradient of carrier."""
-    return z.detach() + (carrier - carrier.detach())
+    """The value of z with the gradient of carrier (one copy on the forward pass)."""
+    return _Attach.apply(z.detach(), carrier)
 
 
 def _bias_shaped(module: nn.Module, z: Tensor) -> Tensor | None:
@@ -99,7 +114,7 @@ class Epsilon(Rule):
 def _split(module: nn.Module, x: Tensor, w_for_pos: Tensor, w_for_neg: Tensor) -> Tensor:
     """f(x+, w_for_pos) + f(x-, w_for_neg); the second term only when x has negatives."""
     out = layer_forward(module, x.clamp(min=0), w_for_pos)
-    if bool((x < 0).any()):
+    if bool(x.detach().amin() < 0):
         out = out + layer_forward(module, x.clamp(max=0), w_for_neg)
     return out
 
@@ -243,6 +258,21 @@ class ZBox(_PixelRule):
         return attach(z, carrier * (z.detach() / stabilize(carrier.detach(), self.stabilizer)))
 
 
+class _PassThrough(torch.autograd.Function):
+    """Forward: a copy of the activation's output a; backward: g_in = g_out * a / x (0 where
+    x = 0)."""
+
+    @staticmethod
+    def forward(ctx, x, a):
+        ctx.save_for_backward(x, a)
+        return a.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a = ctx.saved_tensors
+        return torch.where(x == 0, 0.0, grad * a / x), None
+
+
 class Pass(Rule):
     """Element-wise activations (ReLU6, SiLU, ...): relevance passes unchanged, R_in = R_out.
     In gradient form g_in = g_out * a / x."""
@@ -250,8 +280,7 @@ class Pass(Rule):
     name = "pass"
 
     def __call__(self, module, x, z, ctx):
-        ratio = torch.where(x == 0, 0.0, z.detach() / torch.where(x == 0, 1.0, x.detach()))
-        return attach(z, x * ratio)
+        return _PassThrough.apply(x, z.detach())
 
 
 class ProportionalMaxPool(Rule):
