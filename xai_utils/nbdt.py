@@ -156,10 +156,15 @@ def edge_log_probs(tree: Tree, logits: torch.Tensor, rule: str = "mean") -> torc
     return shifted - total.log().gather(1, parent)
 
 
+def log_soft(tree: Tree, logits: torch.Tensor, rule: str = "mean") -> torch.Tensor:
+    """B x C log soft-tree probabilities: the sum of log decisions along each root-leaf path."""
+    on_path = (tree.mean > 0).to(logits.device, logits.dtype)  # R x C: edge r leads to c
+    return edge_log_probs(tree, logits, rule) @ on_path
+
+
 def soft(tree: Tree, logits: torch.Tensor, rule: str = "mean") -> torch.Tensor:
     """B x C soft-tree class probabilities: product of decisions along each root-leaf path."""
-    on_path = (tree.mean > 0).to(logits.device, logits.dtype)  # R x C: edge r leads to c
-    return (edge_log_probs(tree, logits, rule) @ on_path).exp()
+    return log_soft(tree, logits, rule).exp()
 
 
 def tree_supervision_loss(tree: Tree, logits: torch.Tensor, labels: torch.Tensor,
@@ -171,10 +176,8 @@ def tree_supervision_loss(tree: Tree, logits: torch.Tensor, labels: torch.Tensor
     `CrossEntropyLoss` as if they were logits (a softmax of probabilities), which caps the
     tree term's gradient; we take the log of the tree's distribution as the paper writes it.
     """
-    on_path = (tree.mean > 0).to(logits.device, logits.dtype)
-    tree_log_probs = edge_log_probs(tree, logits) @ on_path
     return (nn.functional.cross_entropy(logits, labels)
-            + weight * nn.functional.nll_loss(tree_log_probs, labels))
+            + weight * nn.functional.nll_loss(log_soft(tree, logits), labels))
 
 
 def hard(tree: Tree, logits: torch.Tensor,

@@ -116,7 +116,6 @@ def finetune(model: nn.Module, steps: int = 150, tree=None, tree_weight: float =
     else:
         def loss(logits, labels):
             return tree_supervision_loss(tree, logits, labels, tree_weight)
-    torch.manual_seed(seed)
     _fit(tuned, steps, batch, lr, seed, loss, "tree supervision" if tree else "fine-tuning")
     return tuned.eval()
 

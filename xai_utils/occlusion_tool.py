@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xai_utils import features as fx
+from xai_utils.models import channels_last
 
 
 @torch.no_grad()
@@ -37,8 +38,7 @@ def evaluate(model, x: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor,
     starts = range(0, len(chosen), batch_size)
     for s in tqdm(starts, desc="subsets", disable=not progress):
         batch = fx.occlude(x, masks, chosen[s:s + batch_size], strategy, **occlude_params)
-        # channels-last batches run the convolutions 1.4-1.7x faster on a CPU
-        out.append(model(batch.contiguous(memory_format=torch.channels_last)).softmax(1))
+        out.append(model(channels_last(batch)).softmax(1))
     return torch.cat(out)
 
 
