@@ -68,7 +68,16 @@ class SmoothMaskGenerator:
         self.weight = torch.exp(-2 * z**2).flatten(0, 1)[None]   # 1 x K x H x W
 
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
-        """N x 1 x h_in x w_in parameters -> N x 1 x H x W masks in [0, 1]."""
+        """N x 1 x h_in x w_in parameters -> N x 1 x H x W masks in [0, 1].
+
+        The K x H x W neighbour tensors are memory-bound: on a CPU they are built a few masks
+        at a time (about 4M values, one 224 px mask), which keeps them in cache (2.4-2.7x
+        faster for 8 masks than all at once); on a GPU all at once."""
+        per = len(params)
+        if params.device.type == "cpu":
+            per = max(1, 2**22 // self.weight.numel())
+        if len(params) > per:
+            return torch.cat([self(params[i:i + per]) for i in range(0, len(params), per)])
         k = 2 * self.radius + 1
         near = F.unfold(params, k, padding=self.radius)
         near = near.view(len(params), k * k, *self.shape_in)

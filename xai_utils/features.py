@@ -241,50 +241,95 @@ def block_maps(masks: torch.Tensor, k: int = 4) -> torch.Tensor:
     return torch.where(hit, flat, -1).view(n, h, w)
 
 
-def occlude(x: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor,
-            strategy: str = "noise", low=0.0, high=1.0, k: int = 4, sigma: float = 5.0,
-            seed: int = 0, blocks: torch.Tensor | None = None) -> torch.Tensor:
-    """One occluded copy of `x` (C x H x W) per row of `chosen` (M x n bool) -> M x C x H x W.
+class Occluder:
+    """Occludes subsets of the features of one image (thesis 3.4), many subsets at a time.
 
-    `masks`: n x H x W features; `low`, `high`: the range of the noise (scalars or per
-    channel, in the model's input space); `k`: pixelisation block; `sigma`: blur;
-    `blocks`: `block_maps(masks, k)` computed once by a caller that occludes many batches.
+    `x`: C x H x W; `masks`: n x H x W features; `low`, `high`: the range of the noise
+    (scalars or per channel, in the model's input space); `k`: pixelisation block; `sigma`:
+    blur; `blocks`: `block_maps(masks, k)` if already computed. Everything that does not
+    depend on the subset (the noise, the pixels that can change, the blocks) is prepared
+    once, so a batch of subsets costs only its changed pixels.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    if x.dim() != 3 or masks.dim() != 3 or chosen.dim() != 2:
-        raise ValueError("x must be C x H x W, masks n x H x W, chosen M x n")
-    if chosen.shape[1] != masks.shape[0]:
-        raise ValueError(f"chosen has {chosen.shape[1]} columns for {masks.shape[0]} features")
-    c, h, w = x.shape
-    chosen = chosen.to(x.device).bool()
-    region = box_masks(masks) if strategy == "rectangle" else masks.bool()
-    sel = (chosen.to(x.dtype) @ region.flatten(1).to(x.dtype) > 0).view(-1, 1, h, w)
-    if strategy == "blur":
-        fill = blurred(x[None], sigma)[0]
-    else:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        u = torch.rand(c, h, w, generator=gen, device=x.device, dtype=x.dtype)
-        lo = torch.as_tensor(low, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
-        hi = torch.as_tensor(high, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
-        fill = lo + (hi - lo) * u
-    out = torch.where(sel, fill[None], x[None])
-    if strategy != "pixelate":
-        return out
-    out = out.flatten(2)
-    blocks = block_maps(masks.bool(), k) if blocks is None else blocks
-    for f, bmap in enumerate(blocks.flatten(1)):
-        pix = (bmap >= 0).nonzero()[:, 0]
-        rows = chosen[:, f].nonzero()[:, 0]
-        if len(pix) == 0 or len(rows) == 0:
-            continue
-        ids = torch.unique(bmap[pix], return_inverse=True)[1]
-        vals = out[:, :, pix][rows]
-        sums = torch.zeros(len(rows), c, int(ids.max()) + 1, dtype=x.dtype, device=x.device)
-        sums.index_add_(2, ids, vals)
-        means = sums / torch.bincount(ids).to(x.dtype)
-        out[rows[:, None], :, pix[None]] = means[:, :, ids].transpose(1, 2)
-    return out.view(-1, c, h, w)
+
+    def __init__(self, x: torch.Tensor, masks: torch.Tensor, strategy: str = "noise",
+                 low=0.0, high=1.0, k: int = 4, sigma: float = 5.0, seed: int = 0,
+                 blocks: torch.Tensor | None = None) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose from "
+                             f"{', '.join(STRATEGIES)}")
+        if x.dim() != 3 or masks.dim() != 3 or masks.shape[1:] != x.shape[1:]:
+            raise ValueError("x must be C x H x W and masks n x H x W of the same size")
+        c, h, w = self.shape = tuple(x.shape)
+        self.n, self.strategy = masks.shape[0], strategy
+        masks = masks.to(x.device).bool()
+        region = (box_masks(masks) if strategy == "rectangle" else masks).flatten(1)
+        touched = region.any(0)
+        if strategy == "pixelate":
+            blocks = (block_maps(masks, k) if blocks is None else blocks).flatten(1)
+            touched |= (blocks >= 0).any(0)
+        self.where = touched.nonzero()[:, 0]  # the only pixels that can change
+        self.region = region[:, self.where].to(x.dtype)
+        if strategy == "blur":
+            fill = blurred(x[None], sigma)[0]
+        else:
+            gen = torch.Generator(device=x.device).manual_seed(seed)
+            u = torch.rand(c, h, w, generator=gen, device=x.device, dtype=x.dtype)
+            lo = torch.as_tensor(low, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+            hi = torch.as_tensor(high, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+            fill = lo + (hi - lo) * u
+        self.pixels = x.flatten(1).t()  # H*W x C
+        self.base, self.fill = self.pixels[self.where], fill.flatten(1).t()[self.where]
+        if strategy == "pixelate":  # (feature, pixel, block) of every block pixel
+            self.feat, self.pix = (blocks[:, self.where] >= 0).nonzero(as_tuple=True)
+            ids = blocks[:, self.where][self.feat, self.pix]
+            span = int(ids.max()) + 1 if len(ids) else 1
+            self.block = torch.unique(self.feat * span + ids, return_inverse=True)[1]
+            self.count = torch.bincount(self.block)[:, None].to(x.dtype)
+
+    def values(self, chosen: torch.Tensor) -> torch.Tensor:
+        """M x P x C: the changeable pixels (`self.where`) of each subset, occluded."""
+        if chosen.dim() != 2 or chosen.shape[1] != self.n:
+            raise ValueError(f"chosen must be M x {self.n}, got {tuple(chosen.shape)}")
+        chosen = chosen.to(self.pixels.device).bool()
+        sel = chosen.to(self.region.dtype) @ self.region > 0
+        vals = torch.where(sel[:, :, None], self.fill, self.base)
+        return self._pixelate(vals, chosen) if self.strategy == "pixelate" else vals
+
+    def _pixelate(self, vals: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Every block of every chosen feature replaced by its mean, all at once. Means are
+        taken over the noised pixels, so the order of the features does not matter; where
+        blocks of two chosen features overlap, the later feature's block wins."""
+        m, p, c = vals.shape
+        if len(self.pix) == 0:
+            return vals
+        sums = vals.new_zeros(m, len(self.count), c)
+        sums.index_add_(1, self.block, vals.index_select(1, self.pix))
+        means = sums.div_(self.count).index_select(1, self.block)  # M x entries x C
+        rank = chosen.index_select(1, self.feat) * (self.feat + 1)  # feature number or 0
+        slot = self.pix.expand(m, -1)
+        top = rank.new_zeros(m, p).scatter_reduce_(1, slot, rank, "amax")
+        won = (rank > 0) & (rank == top.gather(1, slot))  # one winner per covered pixel
+        filled = torch.zeros_like(vals).index_add_(1, self.pix, means * won[:, :, None])
+        return torch.where((top > 0)[:, :, None], filled, vals)
+
+    def __call__(self, chosen: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        """One occluded copy per row of `chosen` (M x n bool) -> M x C x H x W (channels-last
+        memory). `into`: an earlier result for M subsets, overwritten (its other pixels are
+        the image's), which saves copying the whole image M times."""
+        vals = self.values(chosen)
+        c, h, w = self.shape
+        if (into is None or into.shape != (len(vals), c, h, w)
+                or not into.is_contiguous(memory_format=torch.channels_last)):
+            into = self.pixels[None].repeat(len(vals), 1, 1).view(-1, h, w, c).permute(0, 3, 1, 2)
+        into.permute(0, 2, 3, 1).view(len(vals), h * w, c).index_copy_(1, self.where, vals)
+        return into
+
+
+def occlude(x: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor,
+            strategy: str = "noise", **params) -> torch.Tensor:
+    """One occluded copy of `x` (C x H x W) per row of `chosen` (M x n bool) -> M x C x H x W;
+    `params` as for `Occluder` (noise range, block size, blur, seed)."""
+    return Occluder(x, masks, strategy, **params)(chosen)
 
 
 def pixel_range(model) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,8 @@
 - `energy_in_mask`: share of the positive saliency that falls inside the mask.
 - `deletion_auc` / `insertion_auc`: area under the target-probability curve as the most
   salient pixels are removed from, or revealed on, a baseline (Petsiuk et al. 2018, RISE);
-  every step of every image is evaluated in large batches.
+  every step of every image is evaluated in large batches (channels-last, BatchNorms
+  merged: the same outputs, faster on a CPU).
 - `total_variation`, `area`: regularisers and constraints used by the perturbation methods.
 """
 
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from xai_utils.lrp.canonizers import merged_batchnorm
+from xai_utils.models import channels_last
 
 
 def _disk(radius: int, device) -> torch.Tensor:
@@ -71,13 +75,14 @@ def probability_curve(model, start: torch.Tensor, finish: torch.Tensor, saliency
     counts = torch.linspace(0, h * w, steps + 1, device=start.device).round()
     curve = torch.empty(b, steps + 1, device=start.device)
     pairs = [(i, s) for i in range(b) for s in range(steps + 1)]
-    for chunk in range(0, len(pairs), batch_size):
-        idx = torch.tensor(pairs[chunk:chunk + batch_size], device=start.device)
-        img, step = idx[:, 0], idx[:, 1]
-        shown = (ranks[img] < counts[step, None, None])[:, None]
-        inputs = torch.where(shown, finish[img], start[img])
-        probs = model(inputs).softmax(dim=1).gather(1, target[img, None])[:, 0]
-        curve[img, step] = probs.to(curve.dtype)
+    with merged_batchnorm(model):
+        for chunk in range(0, len(pairs), batch_size):
+            idx = torch.tensor(pairs[chunk:chunk + batch_size], device=start.device)
+            img, step = idx[:, 0], idx[:, 1]
+            shown = (ranks[img] < counts[step, None, None])[:, None]
+            inputs = channels_last(torch.where(shown, finish[img], start[img]))
+            probs = model(inputs).softmax(dim=1).gather(1, target[img, None])[:, 0]
+            curve[img, step] = probs.to(curve.dtype)
     return curve
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xai_utils import features as fx
-from xai_utils.models import channels_last
+from xai_utils.lrp.canonizers import merged_batchnorm
 
 
 @torch.no_grad()
@@ -32,13 +32,13 @@ def evaluate(model, x: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor,
     if "low" not in occlude_params and strategy != "blur":
         low, high = fx.pixel_range(model)
         occlude_params.update(low=low, high=high)
-    if strategy == "pixelate" and "blocks" not in occlude_params:
-        occlude_params["blocks"] = fx.block_maps(masks.bool(), occlude_params.get("k", 4))
-    out = []
+    occluder = fx.Occluder(x, masks, strategy, **occlude_params)
+    out, batch = [], None
     starts = range(0, len(chosen), batch_size)
-    for s in tqdm(starts, desc="subsets", disable=not progress):
-        batch = fx.occlude(x, masks, chosen[s:s + batch_size], strategy, **occlude_params)
-        out.append(model(channels_last(batch)).softmax(1))
+    with merged_batchnorm(model):
+        for s in tqdm(starts, desc="subsets", disable=not progress):
+            batch = occluder(chosen[s:s + batch_size], into=batch)  # reuses the last batch
+            out.append(model(batch).softmax(1))
     return torch.cat(out)
 
 
@@ -113,13 +113,13 @@ class OcclusionTool:
         if "low" not in occlude_params and strategy != "blur":
             low, high = fx.pixel_range(model)
             occlude_params.update(low=low, high=high)
-        self.params = occlude_params
+        self.occluder = fx.Occluder(x, masks, strategy, **occlude_params)
 
     def state(self, occluded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image C x H x W, top probabilities, top classes) with `occluded` hidden."""
         row = torch.zeros(self.masks.shape[0], dtype=torch.bool)
         row[list(occluded)] = True
-        image = fx.occlude(self.x, self.masks, row[None], self.strategy, **self.params)[0]
+        image = self.occluder(row[None])[0]
         p, c = self.probs[subset_index(row)].topk(min(self.top, self.probs.shape[1]))
         return image, p, c
 

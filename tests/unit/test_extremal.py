@@ -51,6 +51,21 @@ def test_mask_generator_bounds_and_smoothness():
     assert m[17, 17] > 0.5 and m[0, 0] < 0.05 * m[17, 17]
 
 
+def test_mask_generator_chunks_equal_one_mask_at_a_time():
+    gen = ep.SmoothMaskGenerator((112, 112), dtype=torch.float64)
+    per = 2**22 // gen.weight.numel()
+    assert 1 < per < 7  # 7 masks are built in chunks on a CPU
+    params = torch.rand(7, 1, *gen.shape_in, dtype=torch.float64, requires_grad=True)
+    masks = gen(params)
+    (masks * torch.arange(7.0, dtype=torch.float64)[:, None, None, None]).sum().backward()
+    for i in range(7):
+        one = params[i:i + 1].detach().requires_grad_(True)
+        single = gen(one)
+        assert torch.equal(masks[i:i + 1], single)
+        (single * i).sum().backward()
+        assert torch.equal(params.grad[i:i + 1], one.grad)
+
+
 def test_clamp_keeps_gradient_at_bounds():
     m = torch.tensor([0.0, 0.5, 1.0, 1.5], requires_grad=True)
     ep.clamp_unit(m).sum().backward()

@@ -133,6 +133,34 @@ def test_pixelisation_blocks_are_their_mean():
         assert torch.allclose(out[:, sel], expect.expand(-1, int(sel.sum())))
 
 
+def test_pixelisation_of_overlapping_blocks_and_batch_reuse():
+    m = l_feature()
+    m[1] = False
+    m[1, 4:6, 5:7] = True  # a square inside the L's first block (rows 2-5, cols 3-6)
+    x = torch.rand(3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    both = torch.ones(1, 2, dtype=torch.bool)
+    noised = fx.occlude(x, m, both, "noise")[0]
+    block = torch.zeros(16, 16, dtype=torch.bool)
+    block[2:6, 3:7] = True
+
+    def mean_over(region, n):
+        return noised[:, region].mean(1, keepdim=True).expand(-1, n)
+
+    out = fx.occlude(x, m, both, "pixelate", k=4)[0]
+    rest = block & ~m[1]
+    assert torch.allclose(out[:, rest], mean_over(block, int(rest.sum())))
+    assert torch.allclose(out[:, m[1]], mean_over(m[1], 4))  # the later feature wins
+    flipped = fx.occlude(x, m.flip(0), both, "pixelate", k=4)[0]
+    assert torch.allclose(flipped[:, block], mean_over(block, 16))
+    occluder = fx.Occluder(x, m, "pixelate", k=4)
+    chosen = fx.subsets(2)
+    first = occluder(chosen[:2])
+    second = occluder(chosen[2:], into=first)
+    assert second.data_ptr() == first.data_ptr()
+    assert torch.equal(second, fx.occlude(x, m, chosen[2:], "pixelate", k=4))
+    assert second.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_metrics_on_hand_made_predictions():
     chosen = fx.subsets(3)
     p = torch.zeros(8, 3, dtype=torch.float64)

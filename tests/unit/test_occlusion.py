@@ -61,6 +61,28 @@ def test_agrees_with_captum(window, stride, baseline):
     assert rel < 1e-6
 
 
+def test_batchnorm_merged_for_the_forwards_and_restored():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).double()
+    bn = net[1]
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-1, 1)
+    net.eval()
+    params = [id(p) for p in net.parameters()]
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    t = torch.tensor([1, 3])
+    e = xu.explain("occlusion", net, x, t, window=4, stride=4, output="logit")
+    assert torch.allclose(e.extras["score"], net(x)[[0, 1], t], rtol=0, atol=1e-12)
+    ref = Occlusion(net).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4),
+                                   target=t)[:, 0]
+    assert (e.saliency - ref).norm() / ref.norm() < 1e-6
+    assert net[1] is bn and [id(p) for p in net.parameters()] == params
+    net.train()  # batch statistics cannot be merged: the model runs as it is
+    xu.explain("occlusion", net, x, t, window=6, stride=6)
+    assert net[1] is bn and bn.training
+
+
 def test_batch_size_and_probability_output():
     net = small_net()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)

