@@ -17,10 +17,11 @@ components. Only positive relevance forms features (`sign="positive"`); `sign="a
 thresholds |r| instead. Features are numbered 1..n per image by decreasing relevance mass.
 
 Occlusion (thesis 3.4) of many feature subsets at once: `occlude` (or an `Occluder`, which
-prepares the subset-independent work once for many batches) returns one image per subset. Strategies: "noise" (3.4.1: each pixel a uniform random colour), "rectangle" (3.4.2:
-the feature's bounding rectangle filled with noise), "pixelate" (3.4.3: the feature's
-pixels noised, then every k x k block of the feature's own bounding-box grid that touches
-the feature replaced by its mean) and "blur" (ours: the pixels of a Gaussian-blurred copy).
+prepares the subset-independent work once for many batches) returns one image per subset.
+Strategies: "noise" (3.4.1: each pixel a uniform random colour), "rectangle" (3.4.2: the
+feature's bounding rectangle filled with noise), "pixelate" (3.4.3: the feature's pixels
+noised, then every k x k block of the feature's own bounding-box grid that touches the
+feature replaced by its mean) and "blur" (ours: the pixels of a Gaussian-blurred copy).
 Departures: one noise image is drawn per call (seeded) and shared by all subsets, so subsets
 differ only in what they occlude; the thesis drew fresh noise on every request. Pixelated
 blocks take their means over the noised image, whatever the order of the features; where

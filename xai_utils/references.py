@@ -50,12 +50,16 @@ def gradcam_captum(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
 def occlusion_captum(model: nn.Module, x: torch.Tensor, target: torch.Tensor, window: int,
                      stride: int, baseline: float = 0.0, batch_size: int = 256) -> torch.Tensor:
     """Captum's `Occlusion` on the logits, summed over channels (our map uses the logit drop
-    averaged over the windows covering a pixel; Captum averages the same way)."""
+    averaged over the windows covering a pixel; Captum averages the same way).
+
+    `batch_size`: images per forward pass, as for ours; Captum applies each perturbation to
+    the whole batch, so it gets batch_size // len(x) perturbations per evaluation."""
     from captum.attr import Occlusion
 
+    per_eval = max(1, batch_size // len(x))
     attr = Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
                                       strides=(x.shape[1], stride, stride), baselines=baseline,
-                                      target=target, perturbations_per_eval=batch_size)
+                                      target=target, perturbations_per_eval=per_eval)
     return attr.mean(1)
 
 

@@ -128,8 +128,10 @@ def canonized(model: nn.Module, activations: tuple[type, ...] = ()) -> Iterator[
 def merged_batchnorm(model: nn.Module) -> Iterator[list]:
     """`canonized(model)` for forward passes: BatchNorms merged into their layers (outputs
     equal up to float rounding, ~1e-5 in float32). A model with a BatchNorm in training mode
-    is left as it is; hooks on a merged BatchNorm do not run inside the block."""
-    if any(isinstance(m, BATCHNORM) and m.training for m in model.modules()):
+    is left as it is, and so is a plain function; hooks on a merged BatchNorm do not run
+    inside the block."""
+    if not isinstance(model, nn.Module) or any(
+            isinstance(m, BATCHNORM) and m.training for m in model.modules()):
         yield []
     else:
         with canonized(model) as pairs:
