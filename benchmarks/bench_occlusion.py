@@ -5,13 +5,13 @@
 Prints, per setting: our sliding-window occlusion against Captum's `Occlusion` with the same
 window, stride, baseline and number of images per forward pass (Captum applies each
 perturbation to the whole batch, so it gets batch // images perturbations per evaluation;
-target: at least 2x faster), both against one plain forward+backward pass of the batch; and the exhaustive metrics for 10
-features (1024 occluded subsets, pixelisation, then `analyse`) against 1024 plain forward
-passes in the same batches, memory format and BatchNorm merge (target: within 1.2x). Our
-occlusion feeds the model channels-last batches with its BatchNorms merged into the layers
-before them (the same outputs, faster forwards on a CPU); Captum gets the model as it is.
-The timed functions run in turn, `--repeat` rounds, and each keeps its fastest round, so
-a slow spell of the machine hits all of them alike.
+target: at least 2x faster), both against one plain forward+backward pass of the batch;
+and the exhaustive metrics for 10 features (1024 occluded subsets, pixelisation, then
+`analyse`) against 1024 plain forward passes in the same batches, memory format and
+BatchNorm merge (target: within 1.2x). Our occlusion feeds the model channels-last batches
+with its BatchNorms merged into the layers before them (the same outputs, faster forwards on
+a CPU); Captum gets the model as it is. The timed functions run in turn, `--repeat` rounds,
+and each keeps its fastest round, so a slow spell of the machine hits all of them alike.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Prints, from one run: the time of one optimisation step (generator forward, classifier
 forward + backward, generator backward, Adam; a `--steps` run minus a one-step run, best of
 two) for a batch of 1 and of 8 images, each as a ratio to one forward + backward pass of the
-classifier on the same batch (gradient with respect to the input); and the total for 8 images optimised in one batch against 8
-single-image runs of the same number of steps.
+classifier on the same batch (gradient with respect to the input); and the total for 8
+images optimised in one batch against 8 single-image runs of the same number of steps.
 
     python benchmarks/bench_perturbation_cnn.py [--model efficientnet_lite0] [--steps 6]
 """

@@ -71,8 +71,8 @@ class SmoothMaskGenerator:
         """N x 1 x h_in x w_in parameters -> N x 1 x H x W masks in [0, 1].
 
         The K x H x W neighbour tensors are memory-bound: on a CPU they are built a few masks
-        at a time (about 4M values, one 224 px mask), which keeps them in cache (2.4-2.7x
-        faster for 8 masks than all at once); on a GPU all at once."""
+        at a time (about 4M values, one 224 px mask), so the cost grows linearly with the
+        batch (8 masks: 2.4-2.7x faster than all at once); on a GPU all at once."""
         per = len(params)
         if params.device.type == "cpu":
             per = max(1, 2**22 // self.weight.numel())
