@@ -27,6 +27,7 @@ from torch import nn
 from xai_utils import metrics
 from xai_utils.explain import explain, methods
 from xai_utils.hooks import registered_hooks
+from xai_utils.models import forward_batch
 from xai_utils.viz import figures_dir
 
 ITERATIVE = ("perturbation_cnn", "meaningful_perturbation", "extremal_perturbation")
@@ -41,9 +42,7 @@ def method_settings(model: nn.Module, steps: int | None = None) -> dict[str, dic
     """
     side = getattr(getattr(model, "xai", None), "input_size", 224)
     window = max(2, side // 7)
-    on_gpu = next(model.parameters()).device.type == "cuda"
-    # a CPU runs occlusion fastest at about 0.8 Mpixel per forward pass (63 shapes, 15 photos)
-    batch = 256 if on_gpu else max(8, 800_000 // side**2)
+    batch = forward_batch(side, side, next(model.parameters()).device)
     quiet = {"progress": False} | ({} if steps is None else {"steps": steps})
     table = {"occlusion": {"window": window, "stride": window // 2, "batch_size": batch}}
     for name in ITERATIVE:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from xai_utils.explain import Explanation, register
 from xai_utils.lrp.canonizers import merged_batchnorm
-from xai_utils.models import channels_last
+from xai_utils.models import channels_last, forward_batch
 
 
 def _pair(v) -> tuple[int, int]:
@@ -49,13 +49,16 @@ def window_masks(height: int, width: int, window, stride, device=None) -> torch.
 @register("occlusion")
 @torch.no_grad()
 def occlusion(model, x: torch.Tensor, target: torch.Tensor, window=16, stride=8,
-              baseline=0.0, output: str = "prob", batch_size: int = 128,
+              baseline=0.0, output: str = "prob", batch_size: int | None = None,
               progress: bool = False) -> Explanation:
-    """Zeiler & Fergus occlusion map (B x H x W); extras: per-window drops (B x Ny x Nx)."""
+    """Zeiler & Fergus occlusion map (B x H x W); extras: per-window drops (B x Ny x Nx).
+
+    `batch_size`: images per forward pass (default: `models.forward_batch`)."""
     if output not in ("prob", "logit"):
         raise ValueError(f"output must be 'prob' or 'logit', got {output!r}")
     b, c, h, w = x.shape
     (wh, ww), (sh, sw) = _pair(window), _pair(stride)
+    batch_size = batch_size or forward_batch(h, w, x.device)
     masks = window_masks(h, w, window, stride, x.device)
     ny, nx = math.ceil((h - wh) / sh) + 1, math.ceil((w - ww) / sw) + 1
     k = masks.shape[0]

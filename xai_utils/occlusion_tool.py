@@ -22,17 +22,20 @@ from tqdm.auto import tqdm
 
 from xai_utils import features as fx
 from xai_utils.lrp.canonizers import merged_batchnorm
+from xai_utils.models import forward_batch
 
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor,
-             strategy: str = "pixelate", batch_size: int = 64, progress: bool = False,
-             **occlude_params) -> torch.Tensor:
-    """Softmax probabilities (M x classes) of `x` (C x H x W) with each subset occluded."""
+             strategy: str = "pixelate", batch_size: int | None = None,
+             progress: bool = False, **occlude_params) -> torch.Tensor:
+    """Softmax probabilities (M x classes) of `x` (C x H x W) with each subset occluded;
+    `batch_size`: subsets per forward pass (default: `models.forward_batch`)."""
     if "low" not in occlude_params and strategy != "blur":
         low, high = fx.pixel_range(model)
         occlude_params.update(low=low, high=high)
     occluder = fx.Occluder(x, masks, strategy, **occlude_params)
+    batch_size = batch_size or forward_batch(*x.shape[-2:], x.device)
     out, batch = [], None
     starts = range(0, len(chosen), batch_size)
     with merged_batchnorm(model):

@@ -89,3 +89,11 @@ def test_training_is_deterministic(tmp_path):
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in a.modules())
+
+
+def test_forward_batch_by_device_and_size():
+    from xai_utils.models import forward_batch
+
+    assert forward_batch(224, 224, "cpu") == 15 and forward_batch(112, 112, "cpu") == 63
+    assert forward_batch(2000, 2000, "cpu") == 1
+    assert forward_batch(224, 224, torch.device("cuda")) == 256
