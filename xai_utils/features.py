@@ -283,8 +283,9 @@ class Occluder:
         self.pixels = x.flatten(1).t()  # H*W x C
         self.base, self.fill = self.pixels[self.where], fill.flatten(1).t()[self.where]
         if strategy == "pixelate":  # (feature, pixel, block) of every block pixel
-            self.feat, self.pix = (blocks[:, self.where] >= 0).nonzero(as_tuple=True)
-            ids = blocks[:, self.where][self.feat, self.pix]
+            blocks = blocks[:, self.where]
+            self.feat, self.pix = (blocks >= 0).nonzero(as_tuple=True)
+            ids = blocks[self.feat, self.pix]
             span = int(ids.max()) + 1 if len(ids) else 1
             self.block = torch.unique(self.feat * span + ids, return_inverse=True)[1]
             self.count = torch.bincount(self.block)[:, None].to(x.dtype)

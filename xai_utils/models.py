@@ -132,7 +132,6 @@ def load_model(name: str = "efficientnet_lite0", pretrained: bool = True,
     return model.eval().to(device_ or device())
 
 
-@torch.no_grad()
 def channels_last(batch: torch.Tensor) -> torch.Tensor:
     """An image batch (B x C x H x W) in channels-last memory order, for forward-only calls:
     on a CPU the convolutions then run 1.4-1.7x faster; other tensors are returned as is."""
@@ -148,6 +147,7 @@ def forward_batch(height: int, width: int, device) -> int:
     return max(1, 800_000 // (height * width))
 
 
+@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k softmax probabilities and class indices, each B x k."""
     probs = model(x).softmax(dim=1)
