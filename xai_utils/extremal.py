@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from xai_utils.explain import Explanation, register
 from xai_utils.metrics import blurred
+from xai_utils.models import channels_last
 
 
 def clamp_unit(m: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, areas=(0
             inp = apply_pyramid(pyramid, mask if variant == "preserve" else 1 - mask)
             if jitter and t % 2 == 0:
                 inp = inp.flip(3)
-            gain = _reward(model(inp), tgt, reward)
+            gain = _reward(model(channels_last(inp)), tgt, reward)
             if variant == "delete":
                 gain = -gain
             penalty = weight * (mask.flatten(1).sort(1).values - ref).pow(2).mean(1)

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from xai_utils.explain import Explanation, register
 from xai_utils.metrics import blurred, total_variation
+from xai_utils.models import channels_last
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor,
             if p.noise:
                 inp = inp + noise_std * torch.randn((1, *x.shape[1:]), generator=gen,
                                                   device=x.device, dtype=x.dtype)
-            prob = model(inp).softmax(1).gather(1, target[:, None])[:, 0]
+            prob = model(channels_last(inp)).softmax(1).gather(1, target[:, None])[:, 0]
             l1, tv = regularisers(mask, p)
             loss = p.l1 * l1 + p.tv * tv + prob
             opt.zero_grad()
