@@ -6,8 +6,10 @@ pixel's saliency is the mean, over the windows that cover it, of the score drop
     s(x) - s(x with the window replaced by the baseline).
 Window positions follow Captum's `Occlusion`: ceil((H - h) / stride) + 1 starts per axis
 at multiples of the stride; windows running past the edge are cut there. Every window of
-every image is built on the device and evaluated in batches of `batch_size` forward passes,
-channels-last and with BatchNorms merged into their layers (same outputs, faster on a CPU).
+every image is evaluated on the device in batches of `batch_size`, channels-last and with
+BatchNorms merged into their layers (same outputs, faster on a CPU). For VGG-style models
+(`features` then a head) the first layers recompute only each window's receptive field
+(`xai_utils.incremental`, exact); other models get full forward passes.
 
 Departures: Zeiler & Fergus drew the probability of the correct class as a map over
 window positions (grey patch); here `output="prob"` (default) or `"logit"` scores, the
@@ -24,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xai_utils.explain import Explanation, register
+from xai_utils.incremental import plan
 from xai_utils.lrp.canonizers import merged_batchnorm
 from xai_utils.models import channels_last, forward_batch
 
@@ -50,10 +53,13 @@ def window_masks(height: int, width: int, window, stride, device=None) -> torch.
 @torch.no_grad()
 def occlusion(model, x: torch.Tensor, target: torch.Tensor, window=16, stride=8,
               baseline=0.0, output: str = "prob", batch_size: int | None = None,
-              progress: bool = False) -> Explanation:
-    """Zeiler & Fergus occlusion map (B x H x W); extras: per-window drops (B x Ny x Nx).
+              incremental: bool = True, progress: bool = False) -> Explanation:
+    """Zeiler & Fergus occlusion map (B x H x W); extras: per-window drops (B x Ny x Nx),
+    the unoccluded score, and whether incremental inference was used.
 
-    `batch_size`: images per forward pass (default: `models.forward_batch`)."""
+    `batch_size`: images per forward pass (default: `models.forward_batch`).
+    `incremental`: recompute only the windows' receptive fields in the first layers where
+    the model allows it (`xai_utils.incremental`; exact up to float rounding)."""
     if output not in ("prob", "logit"):
         raise ValueError(f"output must be 'prob' or 'logit', got {output!r}")
     b, c, h, w = x.shape
@@ -71,22 +77,27 @@ def occlusion(model, x: torch.Tensor, target: torch.Tensor, window=16, stride=8,
         base = base.reshape(-1, 1, 1) if base.dim() == 1 else base
         base = base.expand_as(x)
 
-    def score(batch: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-        out = model(channels_last(batch))
+    def score(out: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         out = out.softmax(1) if output == "prob" else out
         return out.gather(1, cls[:, None])[:, 0]
 
     drops = torch.empty(b * k, dtype=x.dtype, device=x.device)
     pairs = range(0, b * k, batch_size)
     with merged_batchnorm(model):
-        full = score(x, target)
+        x = channels_last(x)
+        full = score(model(x), target)
+        inc = incremental and plan(model, x, base, (wh, ww))
         for s in tqdm(pairs, desc="occlusion windows", disable=not progress):
             idx = torch.arange(s, min(s + batch_size, b * k), device=x.device)
             img, win = idx // k, idx % k
-            batch = torch.where(masks[win][:, None], base[img], x[img])
-            drops[idx] = full[img] - score(batch, target[img])
+            if inc:
+                out = inc.logits(img, win // nx * sh, win % nx * sw)
+            else:
+                out = model(channels_last(torch.where(masks[win][:, None], base[img], x[img])))
+            drops[idx] = full[img] - score(out, target[img])
     drops = drops.view(b, k)
     flat = masks.flatten(1).to(x.dtype)
     sal = (drops @ flat) / flat.sum(0).clamp_min(1)
     return Explanation(sal.view(b, h, w), target,
-                       extras={"drops": drops.view(b, ny, nx), "score": full})
+                       extras={"drops": drops.view(b, ny, nx), "score": full,
+                               "incremental": bool(inc)})

@@ -108,7 +108,7 @@ def canonized(model: nn.Module, activations: tuple[type, ...] = ()) -> Iterator[
             if hasattr(bn, "act"):  # timm BatchNormAct2d: bn -> drop -> act
                 tail = nn.Sequential(getattr(bn, "drop", nn.Identity()), bn.act)
             swapped.append((bn_name, bn))
-            _set_child(model, bn_name, MergedBatchNorm(layer_name, tail))
+            _set_child(model, bn_name, MergedBatchNorm(layer_name, tail).train(bn.training))
         for module in model.modules():
             if isinstance(module, activations) and getattr(module, "inplace", False):
                 module.inplace = False

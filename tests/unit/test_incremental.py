@@ -1,0 +1,109 @@
+"""Incremental inference for occlusion: the same scores as full forward passes."""
+
+import pytest
+import torch
+from captum.attr import Occlusion
+from torch import nn
+
+import xai_utils as xu
+from xai_utils import incremental
+
+
+class Features(nn.Module):
+    """A VGG-style model: forward = head(features(x))."""
+
+    def __init__(self, features: nn.Sequential, channels: int, classes: int = 5) -> None:
+        super().__init__()
+        self.features = features
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(channels, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def vgg_like() -> nn.Module:
+    """Padded max-pooling, a strided convolution, average pooling, BatchNorm, a 5x5 kernel,
+    and a global layer after the local ones (where incremental inference stops)."""
+    torch.manual_seed(3)
+    feats = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6),
+        nn.MaxPool2d(3, stride=2, padding=1), nn.LeakyReLU(0.2),  # pools negative values
+        nn.Conv2d(6, 8, 5, stride=2, padding=2), nn.LeakyReLU(0.1),
+        nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(3), nn.Conv2d(8, 7, 1))
+    model = Features(feats, 7).double()
+    bn = feats[1]
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def full_scores(model, x, window, stride, baseline):
+    return xu.explain("occlusion", model, x, window=window, stride=stride, baseline=baseline,
+                      output="logit", incremental=False)
+
+
+@pytest.mark.parametrize("window,stride,baseline", [(5, 3, 0.0), ((7, 4), (3, 5), 0.5),
+                                                    (9, 9, "mean"), ((26, 22), 8, 0.0)])
+def test_equals_full_forward_passes(window, stride, baseline):
+    model = vgg_like()
+    x = torch.randn(2, 3, 37, 30, dtype=torch.float64)  # windows cut at both far edges
+    assert incremental.plan(model, x, torch.zeros_like(x), (7, 4)) is not None
+    ours = xu.explain("occlusion", model, x, window=window, stride=stride, baseline=baseline,
+                      output="logit", batch_size=13)
+    ref = full_scores(model, x, window, stride, baseline)
+    assert ours.extras["incremental"] and not ref.extras["incremental"]
+    assert torch.equal(ours.target, ref.target)
+    torch.testing.assert_close(ours.extras["drops"], ref.extras["drops"], rtol=0, atol=1e-12)
+    assert ours.extras["drops"].abs().max() > 1e-3            # the windows do change scores
+
+
+def test_shapes_model_agrees_with_captum(shapes_model):
+    x = xu.shapes.generate(2, seed=1).images
+    t = shapes_model(x).argmax(1)
+    assert incremental.plan(shapes_model, x, torch.zeros_like(x), (16, 16)) is not None
+    ours = xu.explain("occlusion", shapes_model, x, t, window=16, stride=8, output="logit")
+    assert ours.extras["incremental"]
+    ref = Occlusion(shapes_model).attribute(x, sliding_window_shapes=(3, 16, 16),
+                                            strides=(3, 8, 8), baselines=0.0, target=t,
+                                            perturbations_per_eval=32)[:, 0]
+    assert (ours.saliency - ref).norm() / ref.norm() < 1e-5
+    assert [n for n, _ in shapes_model.named_children()] == ["features", "pool", "classifier"]
+
+
+class Unused(nn.Module):
+    """Has `features` but does not use it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3))
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Twice(Features):
+    def forward(self, x):
+        return self.head(self.features(x) + self.features(x.flip(3)))
+
+
+def test_falls_back_where_it_does_not_apply(effnet):
+    x = torch.randn(1, 3, 16, 16)
+    base = torch.zeros_like(x)
+    assert incremental.plan(effnet, torch.randn(1, 3, 64, 64), torch.zeros(1, 3, 64, 64),
+                            (8, 8)) is None                      # no `features`
+    assert incremental.plan(Unused().eval(), x, base, (4, 4)) is None
+    twice = Twice(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), 4).eval()
+    assert incremental.plan(twice, x, base, (4, 4)) is None
+    model = vgg_like().float()
+    assert incremental.plan(model.train(), x, base, (4, 4)) is None
+    model.eval()
+    features = model.features
+    assert incremental.plan(model, x, base, (4, 4)) is not None
+    assert model.features is features                           # put back after the check
+    # the model that falls back still gives the full-pass result
+    e = xu.explain("occlusion", twice, x, window=4, stride=4, output="logit")
+    assert not e.extras["incremental"]
+    ref = full_scores(twice, x, 4, 4, 0.0)
+    torch.testing.assert_close(e.saliency, ref.saliency)
