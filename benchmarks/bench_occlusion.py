@@ -1,6 +1,7 @@
 """Timings of sliding-window occlusion and of the feature-occlusion metrics, in one run.
 
     python benchmarks/bench_occlusion.py [--model shapes_vgg] [--images 4] [--repeat 2]
+        [--batch 64] [--random-weights]
 
 Prints, per setting: our sliding-window occlusion against Captum's `Occlusion` with the same
 window, stride, baseline and number of images per forward pass (Captum applies each
@@ -11,8 +12,9 @@ and the exhaustive metrics for 10 features (1024 occluded subsets, pixelisation,
 BatchNorm merge (target: within 1.2x). Our occlusion feeds the model channels-last batches
 with its BatchNorms merged into the layers before them (the same outputs, faster forwards on
 a CPU) and, for VGG-style models, recomputes only each window's receptive field in the first
-layers (incremental inference, also exact); Captum gets the model as it is. The timed functions run in turn, `--repeat` rounds,
-and each keeps its fastest round, so a slow spell of the machine hits all of them alike.
+layers (incremental inference, also exact); Captum gets the model as it is. The timed
+functions run in turn, `--repeat` rounds, and each keeps its fastest round, so a slow spell
+of the machine hits all of them alike.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--random-weights", action="store_true",
+                        help="untrained weights (any torchvision model offline; timing only)")
     args = parser.parse_args()
-    model = xu.load_model(args.model)
+    model = xu.load_model(args.model, pretrained=not args.random_weights)
     size = model.xai.input_size
     x = torch.rand(args.images, 3, size, size, device=xu.device())
     target = model(x).argmax(1)
