@@ -93,18 +93,47 @@ def _inside(rows: torch.Tensor, cols: torch.Tensor, top: torch.Tensor, left: tor
     return (in_r[:, :, None] & in_c[:, None, :])[:, None]
 
 
+def _affected(start: torch.Tensor, extent: torch.Tensor, k: int, s: int, p: int,
+              size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output range [lo, hi) of a (k, s, p) layer whose input changed in [start, start +
+    extent): the outputs whose k-wide input window meets the change."""
+    lo = torch.div(start + p - k + s, s, rounding_mode="floor").clamp(min=0)
+    hi = (torch.div(start + extent - 1 + p, s, rounding_mode="floor") + 1).clamp(max=size)
+    return lo, hi
+
+
 class Plan:
     """The unoccluded batch's activations, cached, and the layers that run patch-wise."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, baseline: torch.Tensor,
                  window: tuple[int, int], stop: float = 0.5) -> None:
-        self.model, self.window, self.stop = model, window, stop
+        self.model, self.window = model, window
         self.layers = list(model.features)
-        self.maps = [x]                                  # the input of layer i is maps[i]
+        maps = [x]                                       # the input of layer i is maps[i]
         for layer in self.layers:
-            self.maps.append(layer(self.maps[-1]))
+            maps.append(layer(maps[-1]))
+        self.output = maps[-1]
+        self.depth = self._depth([m.shape[-2:] for m in maps], stop)
+        self.maps = maps[:self.depth + 1]
         self.baseline = baseline.expand_as(x)
         self._padded: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _depth(self, sizes: list, stop: float) -> int:
+        """Layers run patch-wise: up to the first non-local layer, or the first whose changed
+        region for a window in the middle of the image exceeds `stop` of its output."""
+        (h, w), (wh, ww) = sizes[0], self.window
+        top, left = torch.tensor([(h - wh) // 2]), torch.tensor([(w - ww) // 2])
+        ext_r, ext_c = torch.tensor([wh]), torch.tensor([ww])
+        for i, layer in enumerate(self.layers):
+            geometry = _geometry(layer)
+            if geometry is None:
+                return i
+            top, hi_r = _affected(top, ext_r, *geometry, sizes[i + 1][0])
+            left, hi_c = _affected(left, ext_c, *geometry, sizes[i + 1][1])
+            ext_r, ext_c = hi_r - top, hi_c - left
+            if int(ext_r * ext_c) > stop * sizes[i + 1][0] * sizes[i + 1][1]:
+                return i
+        return len(self.layers)
 
     def _pad(self, i: int, p: int) -> torch.Tensor:
         """maps[i] padded by p as layer i pads it (-inf for max-pooling; i = -1: baseline)."""
@@ -121,27 +150,15 @@ class Plan:
         x = self.maps[0]
         ext_r = (x.shape[-2] - top).clamp(max=self.window[0])
         ext_c = (x.shape[-1] - left).clamp(max=self.window[1])
-        patch, depth = None, len(self.layers)
-        for i, layer in enumerate(self.layers):
+        patch = None
+        for i, layer in enumerate(self.layers[:self.depth]):
             if patch is not None and _elementwise(layer):
                 patch = layer(patch)
                 continue
-            geometry, size = _geometry(layer), self.maps[i + 1].shape[-2:]
-            if geometry is None:
-                depth = i
-                break
-            k, s, p = geometry
-            # outputs whose k x k input window meets the changed region
-            lo_r = torch.div(top + p - k + s, s, rounding_mode="floor").clamp(min=0)
-            lo_c = torch.div(left + p - k + s, s, rounding_mode="floor").clamp(min=0)
-            hi_r = (torch.div(top + ext_r - 1 + p, s, rounding_mode="floor") + 1).clamp(
-                max=size[0])
-            hi_c = (torch.div(left + ext_c - 1 + p, s, rounding_mode="floor") + 1).clamp(
-                max=size[1])
+            (k, s, p), size = _geometry(layer), self.maps[i + 1].shape[-2:]
+            lo_r, hi_r = _affected(top, ext_r, k, s, p, size[0])
+            lo_c, hi_c = _affected(left, ext_c, k, s, p, size[1])
             n_r, n_c = int((hi_r - lo_r).max()), int((hi_c - lo_c).max())
-            if n_r * n_c > self.stop * size[0] * size[1]:
-                depth = i
-                break
             # one patch size for all: boxes near the far edge move inwards
             lo_r, lo_c = lo_r.clamp(max=size[0] - n_r), lo_c.clamp(max=size[1] - n_c)
             rows = lo_r[:, None] * s - p + torch.arange((n_r - 1) * s + k, device=x.device)
@@ -154,7 +171,7 @@ class Plan:
                 crop = _paste(crop, rows, cols, patch, top, left)
             patch = _apply(layer, crop)
             top, left, ext_r, ext_c = lo_r, lo_c, hi_r - lo_r, hi_c - lo_c
-        full = self.maps[depth]
+        full = self.maps[self.depth]
         rows = torch.arange(full.shape[-2], device=x.device).expand(len(img), -1)
         cols = torch.arange(full.shape[-1], device=x.device).expand(len(img), -1)
         y = _gather(full, img, rows, cols)
@@ -163,7 +180,7 @@ class Plan:
                             _gather(self.baseline, img, rows, cols), y)
         else:
             y = _paste(y, rows, cols, patch, top, left)
-        for layer in self.layers[depth:]:
+        for layer in self.layers[self.depth:]:
             y = layer(y)
         with _features_return(self.model, y):
             return self.model(x[:1].expand(len(img), -1, -1, -1))
@@ -180,7 +197,7 @@ def plan(model, x: torch.Tensor, baseline: torch.Tensor, window: tuple[int, int]
         return None
     with torch.no_grad():
         result = Plan(model, x, baseline, window, stop)
-        with _features_return(model, result.maps[-1]) as given:
+        with _features_return(model, result.output) as given:
             through = model(x)
         direct = model(x)
     atol = 1e-6 * direct.abs().max().item()
