@@ -26,7 +26,9 @@ from torch import nn
 
 from xai_utils.lrp.canonizers import MergedBatchNorm
 
-ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.BatchNorm2d)
+ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
+               nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d,
+               nn.BatchNorm2d)
 
 
 def _elementwise(layer: nn.Module) -> bool:
@@ -79,14 +81,13 @@ def _paste(crop: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, patch: to
     at `top`, `left`) written over them where the two overlap."""
     n_r, n_c = patch.shape[-2:]
     pr, pc = rows - top[:, None], cols - left[:, None]
-    inside = (((pr >= 0) & (pr < n_r))[:, :, None] & ((pc >= 0) & (pc < n_c))[:, None, :])
     k = torch.arange(len(patch), device=patch.device)
     values = _gather(patch, k, pr.clamp(0, n_r - 1), pc.clamp(0, n_c - 1))
-    return torch.where(inside[:, None], values, crop)
+    return torch.where(_inside(rows, cols, top, left, n_r, n_c), values, crop)
 
 
 def _inside(rows: torch.Tensor, cols: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-            ext_r: torch.Tensor, ext_c: torch.Tensor) -> torch.Tensor:
+            ext_r, ext_c) -> torch.Tensor:
     """K x 1 x m x n: which pixels of the crops at `rows` x `cols` lie in each box."""
     in_r = (rows >= top[:, None]) & (rows < (top + ext_r)[:, None])
     in_c = (cols >= left[:, None]) & (cols < (left + ext_c)[:, None])
