@@ -11,8 +11,8 @@ and the exhaustive metrics for 10 features (1024 occluded subsets, pixelisation,
 `analyse`) against 1024 plain forward passes in the same batches, memory format and
 BatchNorm merge (target: within 1.2x). Our occlusion feeds the model channels-last batches
 with its BatchNorms merged into the layers before them (the same outputs, faster forwards on
-a CPU) and, for VGG-style models, recomputes only each window's receptive field in the first
-layers (incremental inference, also exact); Captum gets the model as it is. The timed
+a CPU) and recomputes only each window's receptive field until global pooling (incremental
+inference, also exact); Captum gets the model as it is. The timed
 functions run in turn, `--repeat` rounds, and each keeps its fastest round, so a slow spell
 of the machine hits all of them alike.
 """

@@ -2,227 +2,308 @@
 and Approximate Inference for Faster Occlusion-based Deep CNN Explanations", SIGMOD 2019).
 
 Occluding a window changes a convolutional layer's output only inside the window's
-receptive field, so for the first layers of a network only that region needs computing:
-each layer reads a crop of the unoccluded image's cached activation, with the changed patch
-of the previous layer pasted in, and returns the changed patch of its own output. Once the
-patch covers `stop` of a feature map (or a layer is not local), the patches are pasted into
-full maps and the rest of the network runs as usual. The result is exact (up to float
-rounding: the same sums over the same values).
+receptive field. The model is traced into a graph (torch.fx) and run once on the unoccluded
+images, keeping every activation. For the occluded images, each value is carried as a
+*patch*: a box (one size for all windows of a batch) where it differs from the cached
+activation. Convolutions and pooling read a crop of the cached input with the changed
+patch pasted in and compute only the outputs whose receptive field meets it; activations
+and BatchNorms act on the patch alone; a residual addition adds two patches over their
+joint box. Once a patch would cover `stop` of its feature map, or at any other operation
+(global pooling, flatten, linear layers), it is pasted into full maps and the graph runs
+as usual. The result is exact up to float rounding (the same sums of the same values).
 
-Works for models whose forward starts with an `nn.Sequential` called `features`
-(VGG-style: torchvision's VGG and AlexNet, the shapes model) and checks itself on the
-unoccluded images; `plan` returns None for any other model, and the caller falls back to
-full forward passes.
+Covers VGG, ResNet and EfficientNet-style networks (timm's "same"-padded convolutions
+included). A model that cannot be traced, or a module in training mode, gets None from
+`plan`, and the caller falls back to full forward passes.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+import operator
+from dataclasses import dataclass
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-
-from xai_utils.lrp.canonizers import MergedBatchNorm
 
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
                nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d,
                nn.BatchNorm2d)
 
 
-def _elementwise(layer: nn.Module) -> bool:
-    """A layer that maps each pixel on its own (in eval mode)."""
-    if isinstance(layer, MergedBatchNorm | nn.Sequential):
-        return all(_elementwise(m) for m in layer.children())
-    return isinstance(layer, ELEMENTWISE)
+def _timm_leaves() -> tuple[tuple, tuple]:
+    """timm's modules and functions that tracing must not enter (empty without timm)."""
+    try:
+        from timm.layers._fx import get_notrace_functions, get_notrace_modules
+    except ImportError:
+        return (), ()
+    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
 
 
-def _geometry(layer: nn.Module) -> tuple[int, int, int] | None:
-    """(kernel, stride, padding) of a square local layer, (1, 1, 0) if elementwise, or None."""
-    if _elementwise(layer):
-        return 1, 1, 0
-    if isinstance(layer, nn.Conv2d):
-        k, s, p, d = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-        if (isinstance(p, str) or layer.padding_mode != "zeros" or d != (1, 1)
-                or k[0] != k[1] or s[0] != s[1] or p[0] != p[1]):
-            return None
-        return k[0], s[0], p[0]
-    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-        k, s, p = (layer.kernel_size, layer.stride, layer.padding)
-        if (layer.ceil_mode or not all(isinstance(v, int) for v in (k, s, p))
-                or getattr(layer, "dilation", 1) != 1
-                or (isinstance(layer, nn.AvgPool2d) and p and not layer.count_include_pad)):
-            return None
-        return k, s, p
-    return None
+def _elementwise(module: nn.Module) -> bool:
+    """Maps each pixel on its own (eval mode): activations, BatchNorm, and containers of
+    them such as timm's BatchNormAct2d or a merged-BatchNorm stand-in."""
+    if isinstance(module, ELEMENTWISE):
+        return True
+    if type(module).__name__ in ("BatchNormAct2d", "MergedBatchNorm", "Sequential"):
+        return all(_elementwise(m) for m in module.children())
+    return False
 
 
-def _apply(layer: nn.Module, crop: torch.Tensor) -> torch.Tensor:
-    """`layer` on a crop that already holds its padding."""
-    if isinstance(layer, nn.Conv2d):
-        return F.conv2d(crop, layer.weight, layer.bias, layer.stride, 0, 1, layer.groups)
-    if isinstance(layer, nn.MaxPool2d):
-        return F.max_pool2d(crop, layer.kernel_size, layer.stride)
-    if isinstance(layer, nn.AvgPool2d):
-        return F.avg_pool2d(crop, layer.kernel_size, layer.stride)
-    return layer(crop)
+def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
+    """timm's "same" padding (before, after) of one axis for kernel k and stride s."""
+    total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+@dataclass
+class _Local:
+    """A convolution or pooling layer: square kernel k, stride s, and the padding
+    (before, after) of the rows and of the columns."""
+    module: nn.Module
+    k: int
+    s: int
+    pad_r: tuple[int, int]
+    pad_c: tuple[int, int]
+
+    @classmethod
+    def of(cls, module: nn.Module, height: int, width: int) -> _Local | None:
+        if isinstance(module, nn.Conv2d):
+            (k, k2), (s, s2), d = module.kernel_size, module.stride, module.dilation
+            if k != k2 or s != s2 or d != (1, 1) or module.padding_mode != "zeros":
+                return None
+            if type(module).__name__ == "Conv2dSame":
+                return cls(module, k, s, _same_padding(height, k, s),
+                           _same_padding(width, k, s))
+            p = module.padding
+            if isinstance(p, str) or type(module) is not nn.Conv2d:
+                return None
+            return cls(module, k, s, (p[0], p[0]), (p[1], p[1]))
+        if type(module) in (nn.MaxPool2d, nn.AvgPool2d):
+            k, s, p = module.kernel_size, module.stride, module.padding
+            if (module.ceil_mode or not all(isinstance(v, int) for v in (k, s, p))
+                    or getattr(module, "dilation", 1) != 1
+                    or (isinstance(module, nn.AvgPool2d) and p and not module.count_include_pad)):
+                return None
+            return cls(module, k, s, (p, p), (p, p))
+        return None
+
+    def fill(self) -> float:
+        return -math.inf if isinstance(self.module, nn.MaxPool2d) else 0.0
+
+    def apply(self, crop: torch.Tensor) -> torch.Tensor:
+        """The layer on a crop that already holds its padding."""
+        m = self.module
+        if isinstance(m, nn.Conv2d):
+            return F.conv2d(crop, m.weight, m.bias, m.stride, 0, 1, m.groups)
+        if isinstance(m, nn.MaxPool2d):
+            return F.max_pool2d(crop, self.k, self.s)
+        return F.avg_pool2d(crop, self.k, self.s)
+
+    def affected(self, start: torch.Tensor, n: int, size: int,
+                 p: int) -> tuple[torch.Tensor, int]:
+        """Starts (K) and common length of the output range whose k-wide input windows meet
+        the changed input [start, start + n) (padding p before), moved inwards at the far
+        edge."""
+        lo = torch.div(start + p - self.k + self.s, self.s, rounding_mode="floor").clamp(min=0)
+        hi = (torch.div(start + n - 1 + p, self.s, rounding_mode="floor") + 1).clamp(max=size)
+        length = int((hi - lo).max())
+        return lo.clamp(max=size - length), length
 
 
 def _gather(maps: torch.Tensor, img: torch.Tensor, rows: torch.Tensor,
             cols: torch.Tensor) -> torch.Tensor:
-    """K x C x m x n crops: maps[img_k, :, rows_k, cols_k] (channels-last memory)."""
+    """K x C x m x n crops maps[img_k, :, rows_k, cols_k] (channels-last memory)."""
     return maps[img[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _paste(crop: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, patch: torch.Tensor,
-           top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-    """The crops (whose pixels sit at `rows` x `cols`) with `patch` (K x C x n x n, placed
-    at `top`, `left`) written over them where the two overlap."""
-    n_r, n_c = patch.shape[-2:]
-    pr, pc = rows - top[:, None], cols - left[:, None]
-    k = torch.arange(len(patch), device=patch.device)
-    values = _gather(patch, k, pr.clamp(0, n_r - 1), pc.clamp(0, n_c - 1))
-    return torch.where(_inside(rows, cols, top, left, n_r, n_c), values, crop)
-
-
-def _inside(rows: torch.Tensor, cols: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-            ext_r, ext_c) -> torch.Tensor:
+def _inside(rows, cols, top, left, n_r, n_c) -> torch.Tensor:
     """K x 1 x m x n: which pixels of the crops at `rows` x `cols` lie in each box."""
-    in_r = (rows >= top[:, None]) & (rows < (top + ext_r)[:, None])
-    in_c = (cols >= left[:, None]) & (cols < (left + ext_c)[:, None])
+    in_r = (rows >= top[:, None]) & (rows < (top + n_r)[:, None])
+    in_c = (cols >= left[:, None]) & (cols < (left + n_c)[:, None])
     return (in_r[:, :, None] & in_c[:, None, :])[:, None]
 
 
-def _affected(start: torch.Tensor, extent: torch.Tensor, k: int, s: int, p: int,
-              size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output range [lo, hi) of a (k, s, p) layer whose input changed in [start, start +
-    extent): the outputs whose k-wide input window meets the change."""
-    lo = torch.div(start + p - k + s, s, rounding_mode="floor").clamp(min=0)
-    hi = (torch.div(start + extent - 1 + p, s, rounding_mode="floor") + 1).clamp(max=size)
-    return lo, hi
+@dataclass
+class _Patch:
+    """K maps equal to `cached[img]` except in the box at (top, left) of `values`' size."""
+    cached: torch.Tensor            # B x C x H x W, the unoccluded activation
+    img: torch.Tensor               # K
+    top: torch.Tensor               # K
+    left: torch.Tensor              # K
+    values: torch.Tensor            # K x C x n_r x n_c
+
+    def crop(self, rows: torch.Tensor, cols: torch.Tensor, padded=None, offset=(0, 0)):
+        """The K maps at `rows` x `cols` (coordinates of the unpadded map); `padded`: the
+        cached map padded by `offset` rows and columns before (for crops reaching out)."""
+        source = self.cached if padded is None else padded
+        crop = _gather(source, self.img, rows + offset[0], cols + offset[1])
+        n_r, n_c = self.values.shape[-2:]
+        k = torch.arange(len(self.img), device=rows.device)
+        inner = _gather(self.values, k, (rows - self.top[:, None]).clamp(0, n_r - 1),
+                        (cols - self.left[:, None]).clamp(0, n_c - 1))
+        return torch.where(_inside(rows, cols, self.top, self.left, n_r, n_c), inner, crop)
+
+    def full(self) -> torch.Tensor:
+        h, w = self.cached.shape[-2:]
+        dev = self.img.device
+        return self.crop(torch.arange(h, device=dev).expand(len(self.img), -1),
+                         torch.arange(w, device=dev).expand(len(self.img), -1))
 
 
 class Plan:
-    """The unoccluded batch's activations, cached, and the layers that run patch-wise."""
+    """A traced model, its activations on the unoccluded batch, and the patch rules."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, baseline: torch.Tensor,
-                 window: tuple[int, int], stop: float = 0.5) -> None:
-        self.model, self.window = model, window
-        self.layers = list(model.features)
-        maps = [x]                                       # the input of layer i is maps[i]
-        for layer in self.layers:
-            maps.append(layer(maps[-1]))
-        self.output = maps[-1]
-        self.depth = self._depth([m.shape[-2:] for m in maps], stop)
-        self.maps = maps[:self.depth + 1]
+    def __init__(self, model: nn.Module, graph: fx.GraphModule, x: torch.Tensor,
+                 baseline: torch.Tensor, window: tuple[int, int], stop: float = 0.5) -> None:
+        self.model, self.graph, self.window, self.stop = model, graph, window, stop
         self.baseline = baseline.expand_as(x)
-        self._padded: dict[tuple[int, int], torch.Tensor] = {}
+        self.cached: dict[str, torch.Tensor] = {}
+        self._padded: dict[tuple, torch.Tensor] = {}
+        self.output = self._run(lambda node, args, kwargs: self._plain(node, args, kwargs),
+                                {"input": x}, cache=True)
 
-    def _depth(self, sizes: list, stop: float) -> int:
-        """Layers run patch-wise: up to the first non-local layer, or the first whose changed
-        region for a window in the middle of the image exceeds `stop` of its output."""
-        (h, w), (wh, ww) = sizes[0], self.window
-        top, left = torch.tensor([(h - wh) // 2]), torch.tensor([(w - ww) // 2])
-        ext_r, ext_c = torch.tensor([wh]), torch.tensor([ww])
-        for i, layer in enumerate(self.layers):
-            geometry = _geometry(layer)
-            if geometry is None:
-                return i
-            top, hi_r = _affected(top, ext_r, *geometry, sizes[i + 1][0])
-            left, hi_c = _affected(left, ext_c, *geometry, sizes[i + 1][1])
-            ext_r, ext_c = hi_r - top, hi_c - left
-            if int(ext_r * ext_c) > stop * sizes[i + 1][0] * sizes[i + 1][1]:
-                return i
-        return len(self.layers)
+    def _plain(self, node: fx.Node, args, kwargs):
+        if node.op == "call_module":
+            return self.graph.get_submodule(node.target)(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "get_attr":
+            return operator.attrgetter(node.target)(self.graph)
+        raise NotImplementedError(node.op)
 
-    def _pad(self, i: int, p: int) -> torch.Tensor:
-        """maps[i] padded by p as layer i pads it (-inf for max-pooling; i = -1: baseline)."""
-        if (i, p) not in self._padded:
-            maps = self.baseline if i < 0 else self.maps[i]
-            fill = -math.inf if i >= 0 and isinstance(self.layers[i], nn.MaxPool2d) else 0.0
-            self._padded[i, p] = F.pad(maps, (p,) * 4, value=fill) if p else maps
-        return self._padded[i, p]
+    def _run(self, step, inputs: dict, cache: bool = False):
+        env: dict[str, object] = {}
+        for node in self.graph.graph.nodes:
+            if node.op == "placeholder":
+                env[node.name] = inputs["input"]
+                value = env[node.name]
+            elif node.op == "output":
+                return fx.node.map_arg(node.args[0], lambda n: _as_full(env[n.name]))
+            else:
+                args = fx.node.map_arg(node.args, lambda n: env[n.name])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+                value = env[node.name] = step(node, args, kwargs)
+            if cache and isinstance(value, torch.Tensor) and value.dim() == 4:
+                self.cached[node.name] = value
+        raise RuntimeError("graph without output")
+
+    def _pad(self, name: str, local: _Local) -> torch.Tensor:
+        """The cached activation `name` padded as `local` pads its input."""
+        key = (name, local.pad_r, local.pad_c, local.fill())
+        if key not in self._padded:
+            pads = (*local.pad_c, *local.pad_r)
+            maps = self.cached[name]
+            self._padded[key] = F.pad(maps, pads, value=local.fill()) if any(pads) else maps
+        return self._padded[key]
 
     def logits(self, img: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
         """Model outputs for the images `img` (K indices into the batch) each occluded by a
         window with corner (`top`, `left`), cut at the image's edges, filled from the
         baseline."""
-        x = self.maps[0]
-        ext_r = (x.shape[-2] - top).clamp(max=self.window[0])
-        ext_c = (x.shape[-1] - left).clamp(max=self.window[1])
-        patch = None
-        for i, layer in enumerate(self.layers[:self.depth]):
-            if patch is not None and _elementwise(layer):
-                patch = layer(patch)
-                continue
-            (k, s, p), size = _geometry(layer), self.maps[i + 1].shape[-2:]
-            lo_r, hi_r = _affected(top, ext_r, k, s, p, size[0])
-            lo_c, hi_c = _affected(left, ext_c, k, s, p, size[1])
-            n_r, n_c = int((hi_r - lo_r).max()), int((hi_c - lo_c).max())
-            # one patch size for all: boxes near the far edge move inwards
-            lo_r, lo_c = lo_r.clamp(max=size[0] - n_r), lo_c.clamp(max=size[1] - n_c)
-            rows = lo_r[:, None] * s - p + torch.arange((n_r - 1) * s + k, device=x.device)
-            cols = lo_c[:, None] * s - p + torch.arange((n_c - 1) * s + k, device=x.device)
-            crop = _gather(self._pad(i, p), img, rows + p, cols + p)
-            if patch is None:                            # the occluded window itself
-                base = _gather(self._pad(-1, p), img, rows + p, cols + p)
-                crop = torch.where(_inside(rows, cols, top, left, ext_r, ext_c), base, crop)
-            else:
-                crop = _paste(crop, rows, cols, patch, top, left)
-            patch = _apply(layer, crop)
-            top, left, ext_r, ext_c = lo_r, lo_c, hi_r - lo_r, hi_c - lo_c
-        full = self.maps[self.depth]
-        rows = torch.arange(full.shape[-2], device=x.device).expand(len(img), -1)
-        cols = torch.arange(full.shape[-1], device=x.device).expand(len(img), -1)
-        y = _gather(full, img, rows, cols)
-        if patch is None:
-            y = torch.where(_inside(rows, cols, top, left, ext_r, ext_c),
-                            _gather(self.baseline, img, rows, cols), y)
-        else:
-            y = _paste(y, rows, cols, patch, top, left)
-        for layer in self.layers[self.depth:]:
-            y = layer(y)
-        with _features_return(self.model, y):
-            return self.model(x[:1].expand(len(img), -1, -1, -1))
+        x = self.cached[self._input_name()]
+        (h, w), (wh, ww) = x.shape[-2:], self.window
+        box_r, box_c = top.clamp(max=h - wh), left.clamp(max=w - ww)
+        rows = box_r[:, None] + torch.arange(wh, device=x.device)
+        cols = box_c[:, None] + torch.arange(ww, device=x.device)
+        occluded = _inside(rows, cols, top, left, (h - top).clamp(max=wh),
+                           (w - left).clamp(max=ww))
+        values = torch.where(occluded, _gather(self.baseline, img, rows, cols),
+                             _gather(x, img, rows, cols))
+        start = _Patch(x, img, box_r, box_c, values)
+        return self._run(self._step, {"input": start})
+
+    def _input_name(self) -> str:
+        return next(n.name for n in self.graph.graph.nodes if n.op == "placeholder")
+
+    def _step(self, node: fx.Node, args, kwargs):
+        patches = [a for a in args if isinstance(a, _Patch)]
+        if node.op == "call_module" and len(args) == 1 and patches and not kwargs:
+            module = self.graph.get_submodule(node.target)
+            patch = args[0]
+            if _elementwise(module):
+                return _Patch(self.cached[node.name], patch.img, patch.top, patch.left,
+                              module(patch.values))
+            out = self.cached.get(node.name)
+            local = _Local.of(module, *patch.cached.shape[-2:])
+            if local is not None and out is not None:
+                result = self._local(node, local, patch, out)
+                if result is not None:
+                    return result
+        if (node.op == "call_function" and node.target in (operator.add, torch.add)
+                and len(patches) == 2 and len(args) == 2 and not kwargs
+                and node.name in self.cached):
+            return self._add(node, *args)
+        return self._plain(node, fx.node.map_aggregate(args, _as_full),
+                           fx.node.map_aggregate(kwargs, _as_full))
+
+    def _local(self, node, local: _Local, patch: _Patch, out: torch.Tensor):
+        """A convolution or pooling on the patch's receptive field, or None where that
+        would cover more than `stop` of the output."""
+        (h, w), (n_r, n_c) = out.shape[-2:], patch.values.shape[-2:]
+        lo_r, len_r = local.affected(patch.top, n_r, h, local.pad_r[0])
+        lo_c, len_c = local.affected(patch.left, n_c, w, local.pad_c[0])
+        if len_r * len_c > self.stop * h * w:
+            return None
+        span = torch.arange(max(len_r, len_c) * local.s + local.k, device=lo_r.device)
+        rows = lo_r[:, None] * local.s - local.pad_r[0] + span[:(len_r - 1) * local.s + local.k]
+        cols = lo_c[:, None] * local.s - local.pad_c[0] + span[:(len_c - 1) * local.s + local.k]
+        padded = self._pad(node.all_input_nodes[0].name, local)
+        crop = patch.crop(rows, cols, padded, (local.pad_r[0], local.pad_c[0]))
+        return _Patch(out, patch.img, lo_r, lo_c, local.apply(crop))
+
+    def _add(self, node, a: _Patch, b: _Patch) -> _Patch:
+        out = self.cached[node.name]
+        h, w = out.shape[-2:]
+        top, left = torch.minimum(a.top, b.top), torch.minimum(a.left, b.left)
+        n_r = int((torch.maximum(a.top + a.values.shape[-2], b.top + b.values.shape[-2])
+                   - top).max())
+        n_c = int((torch.maximum(a.left + a.values.shape[-1], b.left + b.values.shape[-1])
+                   - left).max())
+        top, left = top.clamp(max=h - n_r), left.clamp(max=w - n_c)
+        rows = top[:, None] + torch.arange(n_r, device=top.device)
+        cols = left[:, None] + torch.arange(n_c, device=top.device)
+        return _Patch(out, a.img, top, left, a.crop(rows, cols) + b.crop(rows, cols))
+
+
+def _as_full(value):
+    return value.full() if isinstance(value, _Patch) else value
+
+
+def trace(model: nn.Module) -> fx.GraphModule | None:
+    """The model as an fx graph (timm's leaf modules kept whole), or None if untraceable."""
+    leaves, functions = _timm_leaves()
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, module, name):
+            return isinstance(module, leaves) or super().is_leaf_module(module, name)
+
+    try:
+        graph = Tracer(autowrap_functions=functions).trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means: run full passes
+        return None
+    return fx.GraphModule(model, graph)
 
 
 def plan(model, x: torch.Tensor, baseline: torch.Tensor, window: tuple[int, int],
          stop: float = 0.5) -> Plan | None:
     """A `Plan` for `model` on the batch `x`, or None where incremental inference does not
-    apply: no `features` Sequential, a module in training mode, or a forward that does not
-    give the same outputs through the cached features (checked here, 1e-4 relative)."""
-    features = getattr(model, "features", None)
-    if (not isinstance(model, nn.Module) or not isinstance(features, nn.Sequential)
-            or len(features) == 0 or any(m.training for m in model.modules())):
+    apply: not an nn.Module, a module in training mode, a model that cannot be traced, or
+    a traced graph whose output differs from the model's (checked here, 1e-4 relative)."""
+    if not isinstance(model, nn.Module) or any(m.training for m in model.modules()):
+        return None
+    graph = trace(model)
+    if graph is None:
         return None
     with torch.no_grad():
-        result = Plan(model, x, baseline, window, stop)
-        with _features_return(model, result.output) as given:
-            through = model(x)
+        result = Plan(model, graph, x, baseline, window, stop)
         direct = model(x)
-    atol = 1e-6 * direct.abs().max().item()
-    if given.calls != 1 or not torch.allclose(through, direct, rtol=1e-4, atol=atol):
+    through = result.output
+    if not isinstance(through, torch.Tensor) or through.shape != direct.shape:
         return None
-    return result
-
-
-@contextmanager
-def _features_return(model: nn.Module, output: torch.Tensor):
-    """Within the block, `model.features` ignores its input and returns `output`."""
-    features = model.features
-    model.features = given = _Given(output)
-    try:
-        yield given
-    finally:
-        model.features = features
-
-
-class _Given(nn.Module):
-    def __init__(self, output: torch.Tensor) -> None:
-        super().__init__()
-        self.output, self.calls = output, 0
-
-    def forward(self, _x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.output
+    atol = 1e-6 * direct.abs().max().item()
+    return result if torch.allclose(through, direct, rtol=1e-4, atol=atol) else None

@@ -71,39 +71,49 @@ def test_shapes_model_agrees_with_captum(shapes_model):
     assert [n for n, _ in shapes_model.named_children()] == ["features", "pool", "classifier"]
 
 
-class Unused(nn.Module):
-    """Has `features` but does not use it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3))
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x):
-        return self.net(x)
-
-
 class Twice(Features):
+    """`features` applied twice, once to the mirrored input (a non-local step)."""
+
     def forward(self, x):
         return self.head(self.features(x) + self.features(x.flip(3)))
 
 
-def test_falls_back_where_it_does_not_apply(effnet):
+class Branching(nn.Module):
+    """Data-dependent control flow: cannot be traced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.net(x) if x.mean() > 0 else -self.net(x)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_residual_networks_equal_full_passes(name, effnet):
+    """'Same'-padded strided convolutions, depthwise convolutions, residual additions,
+    max-pooling and downsampling branches."""
+    model = effnet if name == "efficientnet_lite0" else xu.load_model(name, pretrained=False)
+    torch.manual_seed(4)
+    x = torch.randn(1, 3, 96, 80)
+    ours = xu.explain("occlusion", model, x, window=12, stride=10, output="logit")
+    ref = full_scores(model, x, 12, 10, 0.0)
+    assert ours.extras["incremental"]
+    scale = ref.extras["drops"].abs().max()
+    assert scale > 1e-3
+    torch.testing.assert_close(ours.extras["drops"], ref.extras["drops"], rtol=0,
+                               atol=1e-4 * scale)
+
+
+def test_non_local_steps_and_fallbacks():
     x = torch.randn(1, 3, 16, 16)
     base = torch.zeros_like(x)
-    assert incremental.plan(effnet, torch.randn(1, 3, 64, 64), torch.zeros(1, 3, 64, 64),
-                            (8, 8)) is None                      # no `features`
-    assert incremental.plan(Unused().eval(), x, base, (4, 4)) is None
-    twice = Twice(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), 4).eval()
-    assert incremental.plan(twice, x, base, (4, 4)) is None
+    twice = Twice(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), 4).eval()
+    e = xu.explain("occlusion", twice, x, window=4, stride=4, output="logit")
+    assert e.extras["incremental"]
+    torch.testing.assert_close(e.saliency, full_scores(twice, x, 4, 4, 0.0).saliency)
+    assert incremental.plan(Branching().eval(), x, base, (4, 4)) is None
     model = vgg_like().float()
     assert incremental.plan(model.train(), x, base, (4, 4)) is None
-    model.eval()
-    features = model.features
-    assert incremental.plan(model, x, base, (4, 4)) is not None
-    assert model.features is features                           # put back after the check
-    # the model that falls back still gives the full-pass result
-    e = xu.explain("occlusion", twice, x, window=4, stride=4, output="logit")
+    e = xu.explain("occlusion", Branching().eval(), x, window=4, stride=4, output="logit")
     assert not e.extras["incremental"]
-    ref = full_scores(twice, x, 4, 4, 0.0)
-    torch.testing.assert_close(e.saliency, ref.saliency)
