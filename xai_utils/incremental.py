@@ -156,16 +156,17 @@ class _Patch:
 class Plan:
     """A traced model, its activations on the unoccluded batch, and the patch rules."""
 
-    def __init__(self, model: nn.Module, graph: fx.GraphModule, x: torch.Tensor,
-                 baseline: torch.Tensor, window: tuple[int, int], stop: float = 0.5) -> None:
-        self.model, self.graph, self.window, self.stop = model, graph, window, stop
+    def __init__(self, graph: fx.GraphModule, x: torch.Tensor, baseline: torch.Tensor,
+                 window: tuple[int, int], stop: float = 0.5) -> None:
+        self.graph, self.window, self.stop = graph, window, stop
         self.baseline = baseline.expand_as(x)
-        self.cached: dict[str, torch.Tensor] = {}
+        self.x = x
+        self.cached: dict[str, torch.Tensor] = {}        # 4-d activations by node name
         self._padded: dict[tuple, torch.Tensor] = {}
-        self.output = self._run(lambda node, args, kwargs: self._plain(node, args, kwargs),
-                                {"input": x}, cache=True)
+        self.output = self._run(self._plain, x, cache=True)
 
     def _plain(self, node: fx.Node, args, kwargs):
+        """The node computed as the model would."""
         if node.op == "call_module":
             return self.graph.get_submodule(node.target)(*args, **kwargs)
         if node.op == "call_function":
@@ -176,12 +177,12 @@ class Plan:
             return operator.attrgetter(node.target)(self.graph)
         raise NotImplementedError(node.op)
 
-    def _run(self, step, inputs: dict, cache: bool = False):
+    def _run(self, step, x, cache: bool = False):
+        """Evaluate the graph on `x` (a tensor or a patch), node by node through `step`."""
         env: dict[str, object] = {}
         for node in self.graph.graph.nodes:
             if node.op == "placeholder":
-                env[node.name] = inputs["input"]
-                value = env[node.name]
+                value = env[node.name] = x
             elif node.op == "output":
                 return fx.node.map_arg(node.args[0], lambda n: _as_full(env[n.name]))
             else:
@@ -205,7 +206,7 @@ class Plan:
         """Model outputs for the images `img` (K indices into the batch) each occluded by a
         window with corner (`top`, `left`), cut at the image's edges, filled from the
         baseline."""
-        x = self.cached[self._input_name()]
+        x = self.x
         (h, w), (wh, ww) = x.shape[-2:], self.window
         box_r, box_c = top.clamp(max=h - wh), left.clamp(max=w - ww)
         rows = box_r[:, None] + torch.arange(wh, device=x.device)
@@ -214,13 +215,10 @@ class Plan:
                            (w - left).clamp(max=ww))
         values = torch.where(occluded, _gather(self.baseline, img, rows, cols),
                              _gather(x, img, rows, cols))
-        start = _Patch(x, img, box_r, box_c, values)
-        return self._run(self._step, {"input": start})
-
-    def _input_name(self) -> str:
-        return next(n.name for n in self.graph.graph.nodes if n.op == "placeholder")
+        return self._run(self._step, _Patch(x, img, box_r, box_c, values))
 
     def _step(self, node: fx.Node, args, kwargs):
+        """The node on patches where a rule applies, else on full maps."""
         patches = [a for a in args if isinstance(a, _Patch)]
         if node.op == "call_module" and len(args) == 1 and patches and not kwargs:
             module = self.graph.get_submodule(node.target)
@@ -249,14 +247,15 @@ class Plan:
         lo_c, len_c = local.affected(patch.left, n_c, w, local.pad_c[0])
         if len_r * len_c > self.stop * h * w:
             return None
-        span = torch.arange(max(len_r, len_c) * local.s + local.k, device=lo_r.device)
-        rows = lo_r[:, None] * local.s - local.pad_r[0] + span[:(len_r - 1) * local.s + local.k]
-        cols = lo_c[:, None] * local.s - local.pad_c[0] + span[:(len_c - 1) * local.s + local.k]
+        dev, (k, s) = lo_r.device, (local.k, local.s)
+        rows = lo_r[:, None] * s - local.pad_r[0] + torch.arange((len_r - 1) * s + k, device=dev)
+        cols = lo_c[:, None] * s - local.pad_c[0] + torch.arange((len_c - 1) * s + k, device=dev)
         padded = self._pad(node.all_input_nodes[0].name, local)
         crop = patch.crop(rows, cols, padded, (local.pad_r[0], local.pad_c[0]))
         return _Patch(out, patch.img, lo_r, lo_c, local.apply(crop))
 
     def _add(self, node, a: _Patch, b: _Patch) -> _Patch:
+        """A residual addition over the box that holds both patches."""
         out = self.cached[node.name]
         h, w = out.shape[-2:]
         top, left = torch.minimum(a.top, b.top), torch.minimum(a.left, b.left)
@@ -292,15 +291,16 @@ def trace(model: nn.Module) -> fx.GraphModule | None:
 def plan(model, x: torch.Tensor, baseline: torch.Tensor, window: tuple[int, int],
          stop: float = 0.5) -> Plan | None:
     """A `Plan` for `model` on the batch `x`, or None where incremental inference does not
-    apply: not an nn.Module, a module in training mode, a model that cannot be traced, or
-    a traced graph whose output differs from the model's (checked here, 1e-4 relative)."""
+    apply: not an nn.Module, a module in training mode, a model that cannot be traced or
+    takes more than one input, or a traced graph whose output differs from the model's
+    (checked here, 1e-4 relative)."""
     if not isinstance(model, nn.Module) or any(m.training for m in model.modules()):
         return None
     graph = trace(model)
-    if graph is None:
+    if graph is None or sum(n.op == "placeholder" for n in graph.graph.nodes) != 1:
         return None
     with torch.no_grad():
-        result = Plan(model, graph, x, baseline, window, stop)
+        result = Plan(graph, x, baseline, window, stop)
         direct = model(x)
     through = result.output
     if not isinstance(through, torch.Tensor) or through.shape != direct.shape:
