@@ -58,8 +58,8 @@ def occlusion(model, x: torch.Tensor, target: torch.Tensor, window=16, stride=8,
     the unoccluded score, and whether incremental inference was used.
 
     `batch_size`: images per forward pass (default: `models.forward_batch`).
-    `incremental`: recompute only the windows' receptive fields in the first layers where
-    the model allows it (`xai_utils.incremental`; exact up to float rounding)."""
+    `incremental`: recompute only the windows' receptive fields until global pooling where
+    the model can be traced (`xai_utils.incremental`; exact up to float rounding)."""
     if output not in ("prob", "logit"):
         raise ValueError(f"output must be 'prob' or 'logit', got {output!r}")
     b, c, h, w = x.shape
