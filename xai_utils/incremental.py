@@ -28,6 +28,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from xai_utils.lrp.canonizers import MergedBatchNorm
+
 ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
                nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d,
                nn.BatchNorm2d)
@@ -44,12 +46,12 @@ def _timm_leaves() -> tuple[tuple, tuple]:
 
 def _elementwise(module: nn.Module) -> bool:
     """Maps each pixel on its own (eval mode): activations, BatchNorm, and containers of
-    them such as timm's BatchNormAct2d or a merged-BatchNorm stand-in."""
-    if isinstance(module, ELEMENTWISE):
-        return True
-    if type(module).__name__ in ("BatchNormAct2d", "MergedBatchNorm", "Sequential"):
+    them such as timm's BatchNormAct2d (a BatchNorm with an activation inside) or a
+    merged-BatchNorm stand-in."""
+    if isinstance(module, (MergedBatchNorm, nn.Sequential, nn.BatchNorm2d)) and any(
+            module.children()):
         return all(_elementwise(m) for m in module.children())
-    return False
+    return isinstance(module, ELEMENTWISE)
 
 
 def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
