@@ -18,7 +18,7 @@ import time
 import torch
 
 import xai_utils as xu
-from xai_utils import cam as C
+from xai_utils.methods import cam as C
 
 
 def _timed(fn, device) -> float:

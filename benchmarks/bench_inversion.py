@@ -38,7 +38,7 @@ def main() -> None:
     batch = x.repeat(args.restarts, 1, 1, 1).requires_grad_(True)
     t0 = time.perf_counter()
     for _ in range(args.iters):
-        feat = inv.features(model, batch, [args.layer])[args.layer]
+        feat = inv.layer_outputs(model, batch, [args.layer])[args.layer]
         (grad,) = torch.autograd.grad(feat.pow(2).sum(), batch)
     plain = (time.perf_counter() - t0) / args.iters
 

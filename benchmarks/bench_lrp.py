@@ -20,7 +20,7 @@ import time
 import torch
 
 import xai_utils as xu
-from xai_utils.lrp import attribute
+from xai_utils.methods.lrp import attribute
 
 
 def _timed(fn, repeats: int, warmup: int = 1) -> float:

@@ -20,7 +20,7 @@ import torch
 
 import xai_utils as xu
 from xai_utils import nbdt
-from xai_utils.nbdt_tree import nbdt_patched
+from xai_utils.nbdt.hierarchy import nbdt_patched
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:

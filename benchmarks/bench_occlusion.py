@@ -27,8 +27,7 @@ from captum.attr import Occlusion
 
 import xai_utils as xu
 from xai_utils import features as fx
-from xai_utils import occlusion_tool as ot
-from xai_utils.lrp.canonizers import merged_batchnorm
+from xai_utils.core.model_state import merged_batchnorm
 
 
 def interleaved(fns, repeat: int) -> list[float]:
@@ -103,7 +102,7 @@ def main() -> None:
     masks = disks(10, size, max(3, size // 30)).to(x.device)
     chosen = fx.subsets(10)
     one = x[0]
-    # in the memory format and with the merge `ot.evaluate` uses: the ratio is its overhead
+    # in the memory format and with the merge `fx.evaluate` uses: the ratio is its overhead
     plain = one[None].expand(args.batch, -1, -1, -1).contiguous(
         memory_format=torch.channels_last)
 
@@ -113,8 +112,8 @@ def main() -> None:
                 model(plain).softmax(1)
 
     def metrics():
-        probs = ot.evaluate(model, one, masks, chosen, "pixelate", batch_size=args.batch)
-        ot.analyse(probs, chosen)
+        probs = fx.evaluate(model, one, masks, chosen, "pixelate", batch_size=args.batch)
+        fx.analyse(probs, chosen)
 
     low, high = fx.pixel_range(model)
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 import xai_utils as xu
-from xai_utils import perturbation_cnn as pc
+from xai_utils.methods import perturbation_cnn as pc
 
 NAMES = ["chelsea", "coffee", "rocket", "astronaut", "motorcycle", "china", "flower",
          "grace_hopper"]

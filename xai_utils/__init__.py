@@ -1,28 +1,27 @@
 """xai_utils: explanations of image classifiers, batched, on the model's device.
 
-The public API (see README.md):
+The public API (see README.md, "Architecture"):
 
     import xai_utils as xu
     model = xu.load_model("efficientnet_lite0")
     img = xu.load_image("photo.jpg")
     x = xu.preprocess(img, model)
     expl = xu.explain("gradient", model, x)
+
+Layers, lowest first (enforced by import-linter, see pyproject.toml): `core` (registry,
+hooks, model state, input statistics), `data` and `viz`, `methods` (importing it fills the
+registry), the tools `features`, `inversion` and `nbdt`, `evaluation`, `notebook`.
 """
 
-# Method modules: importing them fills the explain() registry (one line per module).
-from xai_utils import baselines  # noqa: E402, F401, I001
-from xai_utils import inversion  # noqa: E402, F401, I001
-from xai_utils import nbdt  # noqa: E402, F401, I001
-from xai_utils import lrp  # noqa: E402, F401, I001
-from xai_utils import cam  # noqa: E402, F401, I001
-from xai_utils import features, occlusion, occlusion_tool  # noqa: E402, F401, I001
-from xai_utils import perturbation_cnn  # noqa: E402, F401, I001
-from xai_utils import meaningful  # noqa: E402, F401, I001
-from xai_utils import extremal  # noqa: E402, F401, I001
-from xai_utils.classes import class_name, imagenet_classes
-from xai_utils.explain import Explanation, explain, methods, register
-from xai_utils.hooks import capture, get_layer
-from xai_utils.images import (
+# The package `methods` is imported for its side effect (it fills the registry); the name
+# `xu.methods` is the function below that lists the registered names.
+import xai_utils.methods  # noqa: F401, I001
+from xai_utils import data, evaluation, features, inversion, nbdt  # noqa: F401
+from xai_utils.core.hooks import capture, get_layer
+from xai_utils.core.inputs import ModelInfo, device, input_spec
+from xai_utils.core.registry import Explanation, explain, method_info, methods, register
+from xai_utils.data.classes import class_name, imagenet_classes
+from xai_utils.data.images import (
     ImageLoadError,
     composite,
     load_image,
@@ -31,7 +30,8 @@ from xai_utils.images import (
     sample_images,
     to_image,
 )
-from xai_utils.models import ModelInfo, device, load_model, predict
+from xai_utils.data.models import load_model, predict
+from xai_utils.evaluation import metrics
 from xai_utils.viz import overlay, save_figure
 
 __all__ = [
@@ -42,13 +42,20 @@ __all__ = [
     "class_name",
     "composite",
     "device",
+    "evaluation",
     "explain",
+    "features",
     "get_layer",
     "imagenet_classes",
+    "input_spec",
+    "inversion",
     "load_image",
     "load_model",
     "load_sample",
+    "method_info",
     "methods",
+    "metrics",
+    "nbdt",
     "overlay",
     "predict",
     "preprocess",

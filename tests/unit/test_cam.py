@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 import xai_utils as xu
-from xai_utils import cam as C
-from xai_utils.hooks import registered_hooks
+from xai_utils.core.hooks import registered_hooks
+from xai_utils.methods import cam as C
 
 
 class Tiny(nn.Module):
@@ -56,7 +56,7 @@ def test_hand_worked_cam_and_gradcam():
 
 
 def test_upsampling_is_bilinear_to_the_input_size():
-    from xai_utils import shapes
+    from xai_utils.data import shapes
 
     out = C.GradCAM(xu.load_model("shapes_vgg"))(shapes.generate(2, seed=1).images)
     assert out.lowres.shape == (2, 1, 14, 14) and out.saliency.shape == (2, 1, 112, 112)
@@ -126,7 +126,7 @@ def test_explain_registry_and_defaults(effnet, shapes_model):
 
 
 def test_shapes_vgg_cam_identity(shapes_model):
-    from xai_utils import shapes
+    from xai_utils.data import shapes
 
     model = copy.deepcopy(shapes_model).double()
     x = shapes.generate(4, seed=3).images.double()

@@ -11,8 +11,8 @@ from scipy.stats import spearmanr
 
 import xai_utils as xu
 from xai_utils import evaluation as ev
-from xai_utils import shapes
-from xai_utils.explain import _REGISTRY, Explanation, register
+from xai_utils.core.registry import _REGISTRY, Explanation, register
+from xai_utils.data import shapes
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_memory_growth_sees_a_leak_and_no_leak(shapes_model, temporary_method):
 def test_profile_times_and_settings_cover_every_method(shapes_model):
     assert set(ev.method_settings(shapes_model)) == set(xu.methods())
     s = ev.method_settings(shapes_model, steps=4)
-    assert all(s[name]["steps"] == 4 for name in ev.ITERATIVE)
+    assert all(s[name]["steps"] == 4 for name in xu.methods() if xu.method_info(name).iterative)
     assert s["occlusion"]["window"] == 16 and s["occlusion"]["stride"] == 8
     data = shapes.generate(2, seed=7)
     p = ev.profile(ev.forward_backward(shapes_model, data.images, data.labels), torch.device("cpu"))

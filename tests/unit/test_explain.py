@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import xai_utils as xu
-from xai_utils.explain import resolve_target
+from xai_utils.core.registry import resolve_target
 
 
 class Linear(nn.Module):

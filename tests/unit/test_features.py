@@ -5,7 +5,7 @@ import torch
 
 import xai_utils as xu
 from xai_utils import features as fx
-from xai_utils import occlusion_tool as ot
+from xai_utils.core.ops import gaussian_blur
 
 
 def blobs() -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_spiral_component_and_border_band():
 def test_invariants_on_lrp_like_noise():
     g = torch.Generator().manual_seed(0)
     r = torch.randn(3, 64, 64, generator=g)
-    r = xu.metrics.blurred(r[:, None], 1.5)[:, 0] + 0.05      # sum > 0, some negative
+    r = gaussian_blur(r[:, None], 1.5)[:, 0] + 0.05      # sum > 0, some negative
     assert (r < 0).any()
     f = fx.extract(r, threshold=5.0, distance=1.5, min_size=20, border=3)
     h, w = r.shape[1:]
@@ -73,7 +73,7 @@ def test_invariants_on_lrp_like_noise():
 
 def test_real_model_gradient_features():
     model = xu.load_model("shapes_vgg")
-    batch = xu.shapes.generate(2, seed=3)
+    batch = xu.data.shapes.generate(2, seed=3)
     sal = xu.explain("gradient", model, batch.images).saliency
     f = fx.extract(sal)
     assert all(c >= 1 for c in f.counts)
@@ -92,7 +92,7 @@ def test_subset_enumeration():
     for n in range(0, 7):
         s = fx.subsets(n)
         assert s.shape == (2**n, n) and (n == 0 or len(s.unique(dim=0)) == 2**n)
-        assert all(ot.subset_index(row) == i for i, row in enumerate(s))
+        assert all(fx.subset_index(row) == i for i, row in enumerate(s))
     s = fx.subsets(15, samples=300)
     assert s.shape[1] == 15 and len(s.unique(dim=0)) == len(s) and len(s) > 2 * 15 + 2
 
@@ -168,7 +168,7 @@ def test_metrics_on_hand_made_predictions():
     conf = torch.tensor([0.9, 0.8, 0.5, 0.3, 0.85, 0.6, 0.45, 0.2], dtype=torch.float64)
     p[:, 0] = conf
     p[:, 1] = 1 - conf
-    r = ot.analyse(p, chosen)
+    r = fx.analyse(p, chosen)
     assert r["original_class"] == 0 and r["most_important"] == 1
     assert r["largest_change"]["occluded"] == [0, 1, 2]
     assert r["largest_change"]["change"] == pytest.approx(0.7)
@@ -180,15 +180,15 @@ def test_metrics_on_hand_made_predictions():
 
 def test_evaluate_and_tool_on_real_net():
     model = xu.load_model("shapes_vgg")
-    batch = xu.shapes.generate(1, seed=5)
+    batch = xu.data.shapes.generate(1, seed=5)
     sal = xu.explain("gradient", model, batch.images).saliency
     f = fx.extract(sal)
     masks = f.masks(0)[:4]
     chosen = fx.subsets(masks.shape[0])
-    probs = ot.evaluate(model, batch.images[0], masks, chosen, "pixelate", batch_size=5)
+    probs = fx.evaluate(model, batch.images[0], masks, chosen, "pixelate", batch_size=5)
     direct = model(batch.images).softmax(1)[0]
     assert torch.allclose(probs[0], direct, atol=1e-6)
-    tool = ot.OcclusionTool(model, batch.images[0], masks, probs, top=2)
+    tool = fx.OcclusionTool(model, batch.images[0], masks, probs, top=2)
     image, p, c = tool.state([0, 2])
     assert torch.allclose(p, probs[0b101].topk(2).values)
     assert torch.equal(image[None], fx.occlude(batch.images[0], masks, chosen[5:6], "pixelate",
@@ -210,12 +210,12 @@ def test_per_map_parameters_and_drop_small_match_single_calls():
 def test_tool_widget_has_a_checkbox_per_feature_in_importance_order():
     pytest.importorskip("ipywidgets")
     model = xu.load_model("shapes_vgg")
-    batch = xu.shapes.generate(1, seed=5)
+    batch = xu.data.shapes.generate(1, seed=5)
     masks = fx.extract(xu.explain("gradient", model, batch.images).saliency).masks(0)[:3]
-    probs = ot.evaluate(model, batch.images[0], masks, fx.subsets(3))
-    box = ot.OcclusionTool(model, batch.images[0], masks, probs, order=[2, 0, 1]).widget()
+    probs = fx.evaluate(model, batch.images[0], masks, fx.subsets(3))
+    box = fx.OcclusionTool(model, batch.images[0], masks, probs, order=[2, 0, 1]).widget()
     checks = box.children[0].children
     assert len(checks) == 3 and checks[0].description.startswith("feature 3")
     checks[0].value = True                              # ticking re-renders without error
     with pytest.raises(ValueError):
-        ot.OcclusionTool(model, batch.images[0], masks, probs[:4])
+        fx.OcclusionTool(model, batch.images[0], masks, probs[:4])

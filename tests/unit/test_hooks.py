@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import xai_utils as xu
-from xai_utils.hooks import registered_hooks
+from xai_utils.core.hooks import registered_hooks
 
 
 def _rss_mb() -> float:

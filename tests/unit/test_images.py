@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import xai_utils as xu
-from xai_utils.images import MAX_SIDE, ImageLoadError
+from xai_utils.data.images import MAX_SIDE, ImageLoadError
 
 
 @pytest.fixture

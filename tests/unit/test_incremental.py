@@ -6,7 +6,7 @@ from captum.attr import Occlusion
 from torch import nn
 
 import xai_utils as xu
-from xai_utils import incremental
+from xai_utils.methods.occlusion import incremental
 
 
 class Features(nn.Module):
@@ -59,7 +59,7 @@ def test_equals_full_forward_passes(window, stride, baseline):
 
 
 def test_shapes_model_agrees_with_captum(shapes_model):
-    x = xu.shapes.generate(2, seed=1).images
+    x = xu.data.shapes.generate(2, seed=1).images
     t = shapes_model(x).argmax(1)
     assert incremental.plan(shapes_model, x, torch.zeros_like(x), (16, 16)) is not None
     ours = xu.explain("occlusion", shapes_model, x, t, window=16, stride=8, output="logit")

@@ -8,7 +8,7 @@ from torch import nn
 
 import xai_utils as xu
 from xai_utils import inversion as inv
-from xai_utils.hooks import registered_hooks
+from xai_utils.core.hooks import registered_hooks
 
 
 def tiny_net() -> nn.Module:
@@ -30,8 +30,8 @@ def test_alpha_norm_gradient_equals_autograd(alpha):
 @pytest.mark.parametrize("beta", [2.0, 1.5])
 def test_tv_gradient_equals_autograd(beta):
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
-    inv.total_variation(x, 0.3, beta).sum().backward()
-    assert torch.allclose(inv.tv_grad(x.detach(), 0.3, beta), x.grad, rtol=1e-10, atol=1e-14)
+    inv.tv_prior(x, 0.3, beta).sum().backward()
+    assert torch.allclose(inv.tv_prior_grad(x.detach(), 0.3, beta), x.grad, rtol=1e-10, atol=1e-14)
 
 
 def test_regulariser_values_by_hand():
@@ -39,7 +39,7 @@ def test_regulariser_values_by_hand():
     x[0, :, 0, 0] = torch.tensor([3.0, 0.0, 4.0])            # one pixel of norm 5
     assert float(inv.alpha_norm(x, 5.0, 6)) == pytest.approx(0.25)    # (5/5)^6 / 4 pixels
     # differences: right and down neighbours of (0,0) each 25; TV = (50) / 4 / V^2
-    assert float(inv.total_variation(x, 1.0, 2)) == pytest.approx(50 / 4)
+    assert float(inv.tv_prior(x, 1.0, 2)) == pytest.approx(50 / 4)
 
 
 def test_clamp_pixels():
@@ -54,11 +54,11 @@ def test_clamp_pixels():
 def test_features_stop_early_and_remove_hooks():
     net = tiny_net()
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    out = inv.features(net, x, ["1"])
+    out = inv.layer_outputs(net, x, ["1"])
     assert set(out) == {"1"} and out["1"].shape == (1, 6, 8, 8)
     assert registered_hooks(net) == 0
     with pytest.raises(ValueError, match="no layer"):
-        inv.features(net, x, ["nope"])
+        inv.layer_outputs(net, x, ["nope"])
     assert registered_hooks(net) == 0
 
 
@@ -128,7 +128,7 @@ def test_boundary_targets():
     model = xu.load_model("shapes_vgg")
     raw = inv.boundary_target(model, 0, 1, mode="raw")
     assert torch.allclose(raw, torch.tensor([[0.5, 0.5]]))
-    from xai_utils import shapes
+    from xai_utils.data import shapes
 
     batch = shapes.generate(8, seed=3)
     a, b = batch.images[batch.labels == 0], batch.images[batch.labels == 1]
@@ -146,7 +146,7 @@ def test_error_stats_by_hand():
 
 def test_real_nets_error_falls():
     shapes_model = xu.load_model("shapes_vgg")
-    from xai_utils import shapes
+    from xai_utils.data import shapes
 
     x = shapes.generate(1, seed=5).images
     res = inv.invert(shapes_model, x, "pool", restarts=2, steps=(40, 10), C=100.0,

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import xai_utils as xu
-from xai_utils.hooks import registered_hooks
-from xai_utils.lrp import ACTIVATIONS, attribute, canonized
-from xai_utils.lrp.canonizers import BATCHNORM, MergedBatchNorm
+from xai_utils.core.hooks import registered_hooks
+from xai_utils.core.model_state import BATCHNORM, MergedBatchNorm
+from xai_utils.methods.lrp import ACTIVATIONS, attribute, canonized, input_bounds
 
 
 def _zero_biases(model: nn.Module) -> nn.Module:
@@ -42,7 +42,7 @@ def nets():
     vgg = _zero_biases(xu.load_model("vgg16", pretrained=False, device_="cpu").double())
     resnet = xu.load_model("resnet18", pretrained=False, device_="cpu")
     resnet = _zero_biases(_random_batchnorm(resnet, 1).double())
-    images = xu.shapes.generate(2, seed=3).images.double()
+    images = xu.data.shapes.generate(2, seed=3).images.double()
     small = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)).double()
     normalize = (small - 0.45) / 0.226
     return {"shapes_vgg": (shapes, images), "vgg16": (vgg, normalize[:1]),
@@ -145,13 +145,13 @@ def test_relu6_saturation_conserves_relevance():
 
 
 def test_zbox_bounds_come_from_preprocessing(lite0, shapes_model):
-    low, high = xu.lrp.input_bounds(lite0)
+    low, high = input_bounds(lite0)
     assert low.flatten().tolist() == [-1.0] * 3 and high.flatten().tolist() == [1.0] * 3
-    low, high = xu.lrp.input_bounds(xu.load_model("resnet18", pretrained=False, device_="cpu"))
+    low, high = input_bounds(xu.load_model("resnet18", pretrained=False, device_="cpu"))
     torch.testing.assert_close(low.flatten(), -torch.tensor([0.485, 0.456, 0.406],
                                                             dtype=torch.float64) / torch.tensor(
         [0.229, 0.224, 0.225], dtype=torch.float64))
-    low, high = xu.lrp.input_bounds(shapes_model)
+    low, high = input_bounds(shapes_model)
     assert low.flatten().tolist() == [0.0] * 3 and high.flatten().tolist() == [1.0] * 3
 
 
@@ -185,7 +185,7 @@ def test_unknown_composite_suggests_names(shapes_model):
 
 
 def test_explanation_fields(shapes_model):
-    x = xu.shapes.generate(3, seed=0).images
+    x = xu.data.shapes.generate(3, seed=0).images
     expl = xu.explain("lrp", shapes_model, x)
     assert expl.method == "lrp" and expl.extras["composite"] == "thesis"
     torch.testing.assert_close(expl.saliency, expl.extras["relevance"].sum(1))

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from xai_utils.lrp import _Context
-from xai_utils.lrp.rules import (
+from xai_utils.methods.lrp import _Context
+from xai_utils.methods.lrp.rules import (
     AlphaBeta,
     Epsilon,
     Flat,

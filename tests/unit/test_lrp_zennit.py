@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import xai_utils as xu
-from xai_utils.lrp import attribute, input_bounds
+from xai_utils.methods.lrp import attribute, input_bounds
 
 zennit = pytest.importorskip("zennit")
 from zennit import composites as zc  # noqa: E402
@@ -57,7 +57,7 @@ def nets():
     small = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)).double()
     small = (small - 0.45) / 0.226
     return {
-        "shapes_vgg": (shapes, xu.shapes.generate(2, seed=7).images.double(), None),
+        "shapes_vgg": (shapes, xu.data.shapes.generate(2, seed=7).images.double(), None),
         "vgg16": (vgg, small, VGGCanonizer),
         "resnet18": (resnet, small, ResNetCanonizer),
     }

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import xai_utils as xu
-from xai_utils import meaningful as mp
+from xai_utils.methods import meaningful as mp
 
 
 class Tiny(nn.Module):
@@ -97,7 +97,7 @@ def test_same_seed_same_result_and_seed_matters(tiny):
 
 
 def test_shapes_model_mask_drops_probability(shapes_model):
-    from xai_utils import shapes
+    from xai_utils.data import shapes
 
     data = shapes.generate(2, seed=0)
     expl = xu.explain("meaningful_perturbation", shapes_model, data.images, preset="port", steps=40,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import xai_utils as xu
-from xai_utils import shapes
+from xai_utils.data import shapes
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -92,7 +92,7 @@ def test_training_is_deterministic(tmp_path):
 
 
 def test_forward_batch_by_device_and_size():
-    from xai_utils.models import forward_batch
+    from xai_utils.core.model_state import forward_batch
 
     assert forward_batch(224, 224, "cpu") == 15 and forward_batch(112, 112, "cpu") == 63
     assert forward_batch(2000, 2000, "cpu") == 1

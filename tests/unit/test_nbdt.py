@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import xai_utils as xu
-from xai_utils import nbdt, nbdt_shapes
-from xai_utils.nbdt_tree import NLTK_DATA, WordNetMissing
+from xai_utils import nbdt
+from xai_utils.nbdt import figures as nbdt_shapes
+from xai_utils.nbdt.hierarchy import NLTK_DATA, WordNetMissing
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_tree_supervision_loss():
 def test_wordnet_missing_is_a_clear_error(tmp_path, monkeypatch):
     import nltk
 
-    from xai_utils import nbdt_tree
+    from xai_utils.nbdt import hierarchy as nbdt_tree
 
     monkeypatch.setattr(nbdt_tree, "NLTK_DATA", tmp_path / "none")
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "none")])
@@ -175,7 +176,7 @@ def test_soft_probabilities_match_nbdt_rules(imagenet, tmp_path):
 
     from nbdt.analysis import HardEmbeddedDecisionRules, SoftEmbeddedDecisionRules
 
-    from xai_utils.nbdt_tree import nbdt_patched
+    from xai_utils.nbdt.hierarchy import nbdt_patched
 
     model, tree, _, _, logits = imagenet
     path = nbdt.write_graph(tree.graph, tmp_path / "lite0.json")
@@ -205,7 +206,7 @@ def test_node_gradcam_is_gradcam_of_the_mean_logit(imagenet):
 
 
 def test_tutorial_checkpoint_offline_is_a_clear_error(monkeypatch, tmp_path):
-    from xai_utils import nbdt_cifar
+    from xai_utils.nbdt import cifar as nbdt_cifar
 
     def no_network(*args, **kwargs):
         raise OSError("network unreachable")

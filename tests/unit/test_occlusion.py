@@ -6,7 +6,7 @@ from captum.attr import Occlusion
 from torch import nn
 
 import xai_utils as xu
-from xai_utils.occlusion import window_masks
+from xai_utils.methods.occlusion import window_masks
 
 
 def test_window_positions_match_captum_rule():
@@ -104,7 +104,7 @@ def test_batch_size_and_probability_output():
 
 def test_real_nets():
     sm = xu.load_model("shapes_vgg")
-    batch = xu.shapes.generate(2, seed=0)
+    batch = xu.data.shapes.generate(2, seed=0)
     e = xu.explain("occlusion", sm, batch.images, window=28, stride=28)
     assert e.saliency.shape == (2, 112, 112) and e.extras["drops"].shape == (2, 4, 4)
     assert torch.isfinite(e.saliency).all()

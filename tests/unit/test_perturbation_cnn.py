@@ -6,7 +6,7 @@ from skimage import morphology
 from torch import nn
 
 import xai_utils as xu
-from xai_utils import perturbation_cnn as pc
+from xai_utils.methods import perturbation_cnn as pc
 
 
 class Tiny(nn.Module):
@@ -174,7 +174,7 @@ def test_short_run_drops_target_probability(tiny):
 
 
 def test_shapes_model_probability_drops(shapes_model):
-    from xai_utils import shapes
+    from xai_utils.data import shapes
 
     batch = shapes.generate(2, seed=3)
     expl = xu.explain("perturbation_cnn", shapes_model, batch.images, steps=20, lr=0.05,

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import xai_utils as xu
-from xai_utils import references as ref
-from xai_utils import shapes
-from xai_utils.hooks import registered_hooks
+from xai_utils.core.hooks import registered_hooks
+from xai_utils.data import shapes
+from xai_utils.evaluation import references as ref
 
 pytest.importorskip("captum")
 pytest.importorskip("pytorch_grad_cam")

@@ -1,0 +1,86 @@
+"""One call per registered method with evaluation-sized parameters, and its scores.
+
+- `method_settings` / `run_method`: keyword arguments for every method of the registry
+  (iterative methods at a chosen number of steps, each method's own `evaluation` settings
+  from `register(...)`), and maps computed a batch at a time.
+- `quality`: pointing game, energy in mask, deletion and insertion AUC (`metrics`), with
+  a centre and a random map as the floor (`baseline_maps`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xai_utils.core.inputs import model_info
+from xai_utils.core.model_state import model_device
+from xai_utils.core.registry import explain, method_info, methods
+from xai_utils.evaluation import metrics
+
+
+def method_settings(model: nn.Module, steps: int | None = None) -> dict[str, dict]:
+    """Keyword arguments per registered method for an evaluation run on `model`.
+
+    `steps` caps the iterations of the optimisation methods (None: each method's default,
+    the papers' 300 to 1000); other settings come from each method's registration (e.g.
+    occlusion: a window of 1/7 of the input side, half of it as stride).
+    """
+    side = model_info(model).input_size
+    device = model_device(model)
+    table = {}
+    for name in methods():
+        info = method_info(name)
+        params = info.evaluation(side, device) if info.evaluation else {}
+        if info.iterative:
+            params |= {"progress": False} | ({} if steps is None else {"steps": steps})
+        table[name] = params
+    return table
+
+
+def run_method(model: nn.Module, x: torch.Tensor, target: torch.Tensor, name: str,
+               params: dict | None = None, batch_size: int = 100) -> torch.Tensor:
+    """B x H x W saliency of `name` for the batch, computed `batch_size` images at a time."""
+    params = params or {}
+    maps = [explain(name, model, x[i:i + batch_size], target[i:i + batch_size], **params)
+            .saliency.detach() for i in range(0, len(x), batch_size)]
+    return torch.cat(maps)
+
+
+def baseline_maps(kind: str, n: int, height: int, width: int, seed: int = 0,
+                  device=None) -> torch.Tensor:
+    """Floors for every score: "centre" (peak at the image centre) or "random" (uniform)."""
+    if kind == "centre":
+        yy = torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2
+        xx = torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2
+        centre = -(yy[:, None] ** 2 + xx[None] ** 2)
+        return (centre - centre.min()).expand(n, -1, -1).contiguous()
+    if kind == "random":
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand(n, height, width, generator=gen).to(device)
+    raise ValueError(f"unknown baseline {kind!r}: use 'centre' or 'random'")
+
+
+def quality(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+            masks: torch.Tensor | None = None, auc_images: int | None = None,
+            auc_steps: int = 16, batch_size: int = 128) -> dict[str, float]:
+    """Mean scores of `maps` for `model` on `x`: deletion / insertion AUC on the first
+    `auc_images` images (None: all), pointing game and energy in mask when `masks` is given."""
+    scores: dict[str, float] = {"images": len(x)}
+    if masks is not None:
+        scores["pointing_game"] = float(metrics.pointing_game(maps, masks).float().mean())
+        scores["energy_in_mask"] = float(metrics.energy_in_mask(maps, masks).mean())
+    k = len(x) if auc_images is None else min(auc_images, len(x))
+    if k:
+        args = (model, x[:k], maps[:k], target[:k], auc_steps)
+        scores["deletion_auc"] = float(metrics.deletion_auc(*args, batch_size=batch_size).mean())
+        scores["insertion_auc"] = float(metrics.insertion_auc(*args, batch_size=batch_size).mean())
+        scores["auc_images"] = k
+    return scores
+
+
+def peaks_on_own_half(maps: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """B bools: does each map of a side-by-side composite peak on its class's half?
+    `left[i]` is True when image i's class is the one on the left."""
+    width = maps.shape[-1]
+    column = maps.flatten(1).argmax(1) % width
+    return (column < width // 2) == left.to(column.device)

@@ -1,0 +1,126 @@
+"""Time and peak memory of one call (`profile`), and what 100 calls leave (`memory_growth`)."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import threading
+import time
+
+import torch
+from torch import nn
+
+from xai_utils.core.hooks import registered_hooks
+from xai_utils.core.registry import explain
+
+
+class _PeakRSS:
+    """Samples the process's resident memory every `interval` s while the block runs."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import psutil
+
+        self.process, self.interval = psutil.Process(), interval
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer measures it (no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc), so that the resident memory sampled
+    next rises with what a call really allocates instead of reusing an old peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def profile(fn, device: torch.device, repeats: int = 3, slow: float = 1.0) -> dict[str, float]:
+    """Median seconds of `fn()` over `repeats` runs after one warm-up (one run when the
+    warm-up took over `slow` s), and the peak memory those runs added (MB): CUDA's allocator
+    peak on a GPU, sampled resident memory on the CPU."""
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    if time.perf_counter() - start > slow:
+        repeats = 1
+    gc.collect()
+    _release_freed_memory()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    with _PeakRSS() as watch:
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = watch.peak - watch.start
+    return {"seconds": statistics.median(times), "peak_mb": peak / 2**20}
+
+
+def forward_backward(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
+    """One plain forward + backward pass to the input: the unit of every speed ratio."""
+    def run() -> None:
+        xg = x.detach().requires_grad_(True)
+        torch.autograd.grad(model(xg).gather(1, target[:, None]).sum(), xg)
+    return run
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    # type(), not isinstance(): a dead weak proxy or a deprecated module alias would raise
+    # or warn when asked for its __class__
+    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor))
+
+
+def memory_growth(model: nn.Module, x: torch.Tensor, target: torch.Tensor, name: str,
+                  params: dict | None = None, calls: int = 100) -> dict[str, float]:
+    """Run `explain(name)` `calls` times; memory after the last call against after the first
+    (resident memory on the CPU, allocated memory on a GPU), live tensors and hooks left."""
+    import psutil
+
+    params, process = params or {}, psutil.Process()
+    dev = x.device
+
+    def used() -> float:
+        gc.collect()
+        if dev.type == "cuda":
+            return float(torch.cuda.memory_allocated(dev))
+        return float(process.memory_info().rss)
+
+    before = _live_tensors()
+    explain(name, model, x, target, **params)
+    first, tensors_first = used(), _live_tensors()
+    for _ in range(calls - 1):
+        explain(name, model, x, target, **params)
+    last, tensors_last = used(), _live_tensors()
+    return {"ratio": last / first, "growth_mb": (last - first) / 2**20,
+            "tensors_after_first": tensors_first - before,
+            "tensors_growth": tensors_last - tensors_first, "hooks": registered_hooks(model)}

@@ -1,0 +1,28 @@
+"""Clustered feature occlusion (Dowling 2018, "Deep Introspection", MEng thesis, ch. 3):
+relevance -> features (`clusters`), features -> occluded images (`occluder`), occluded
+predictions -> the four metrics (`metrics`), and the interactive tool (`tool`)."""
+
+from xai_utils.features.clusters import (
+    Features,
+    connected_components,
+    drop_small,
+    extract,
+    offsets,
+)
+from xai_utils.features.metrics import analyse, evaluate, subset_index
+from xai_utils.features.occluder import (
+    STRATEGIES,
+    Occluder,
+    block_maps,
+    box_masks,
+    occlude,
+    pixel_range,
+    subsets,
+)
+from xai_utils.features.tool import OcclusionTool, label_image
+
+__all__ = [
+    "STRATEGIES", "Features", "OcclusionTool", "Occluder", "analyse", "block_maps", "box_masks",
+    "connected_components", "drop_small", "evaluate", "extract", "label_image", "occlude",
+    "offsets", "pixel_range", "subset_index", "subsets",
+]

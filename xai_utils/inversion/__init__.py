@@ -1,0 +1,36 @@
+"""Representation inversion and feature synthesis (`xu.inversion`): the pre-image engine
+(`preimage`) and what the thesis builds on it (`synthesis`)."""
+
+from xai_utils.inversion.preimage import (
+    Result,
+    alpha_norm,
+    alpha_norm_grad,
+    clamp_pixels,
+    layer_outputs,
+    representation,
+    run,
+    tv_prior,
+    tv_prior_grad,
+)
+from xai_utils.inversion.synthesis import (
+    Box,
+    boundary_target,
+    bounding_box,
+    error_stats,
+    feature_boxes,
+    invert,
+    invert_target,
+    isolate,
+    layer_stride,
+    natural_bound,
+    natural_centre,
+    noise_like,
+    synthesise,
+)
+
+__all__ = [
+    "Box", "Result", "alpha_norm", "alpha_norm_grad", "boundary_target", "bounding_box",
+    "clamp_pixels", "error_stats", "feature_boxes", "invert", "invert_target", "isolate",
+    "layer_outputs", "layer_stride", "natural_bound", "natural_centre", "noise_like",
+    "representation", "run", "synthesise", "tv_prior", "tv_prior_grad",
+]

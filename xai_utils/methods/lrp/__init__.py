@@ -1,0 +1,119 @@
+"""Layer-wise relevance propagation (Bach et al. 2015, PLoS ONE 10(7):e0130140), as used by
+the thesis "Deep Introspection" (ch. 3.3.1) to find the relevant pixels of a decision.
+
+    expl = xu.explain("lrp", model, x, target, composite="thesis")
+    expl.saliency              # B x H x W: relevance summed over colour channels
+    expl.extras["relevance"]   # B x C x H x W input relevance
+    expl.extras["logit"]       # B: the explained logit (= the relevance's sum when conserved)
+
+Rules (rules.py) are forward hooks in the modified-gradient form; composites
+(composites.py) say which rule each layer type gets; canonizers (canonizers.py) merge
+BatchNorm into the layer before it. Relevance at the output is the target logit itself
+(Bach et al.: R = f(x)), so with conservative rules the input relevance sums to the logit.
+A layer type that no rule covers raises an error naming it before anything runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xai_utils.core.model_state import BATCHNORM, MergedBatchNorm, canonized
+from xai_utils.core.registry import Explanation, register
+from xai_utils.methods.lrp.composites import COMPOSITES, Composite, get_composite, input_bounds
+from xai_utils.methods.lrp.rules import Pass
+
+__all__ = ["COMPOSITES", "Composite", "attribute", "canonized", "get_composite",
+           "input_bounds", "lrp"]
+
+# element-wise activations that get the pass-through rule (ReLU's own gradient already is)
+ACTIVATIONS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Tanh,
+               nn.Sigmoid, nn.Softplus, nn.Hardswish, nn.Mish)
+# layers whose plain gradient is already the right LRP rule (see rules.py)
+GRADIENT_OK = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
+               nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.MaxPool1d, nn.MaxPool2d,
+               nn.MaxPool3d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass
+class _Context:
+    model_input: torch.Tensor
+    probe: torch.Tensor
+    pixel_hits: int = 0
+
+
+def _plan(model: nn.Module, comp: Composite) -> list[tuple[nn.Module, object]]:
+    """(module, rule) for every layer that needs a hook; a clear error for uncovered ones."""
+    plan = []
+    for name, module in model.named_modules():
+        if isinstance(module, BATCHNORM):
+            raise TypeError(f"LRP has no rule for layer {name!r} ({type(module).__name__}): "
+                            "it does not directly follow a convolution or linear layer, so it "
+                            "cannot be merged into one")
+        rule = comp.rule_for(module)
+        if rule is not None:
+            plan.append((module, rule))
+        elif isinstance(module, ACTIVATIONS):
+            plan.append((module, Pass()))
+        elif (any(True for _ in module.children()) or isinstance(module, GRADIENT_OK)
+              or isinstance(module, MergedBatchNorm)):
+            continue
+        else:
+            raise TypeError(f"LRP has no rule for layer {name!r} ({type(module).__name__}); "
+                            "rules cover Conv/Linear, BatchNorm after them, pooling, dropout, "
+                            "flatten and element-wise activations")
+    return plan
+
+
+def _hook(rule, comp: Composite, ctx: _Context):
+    def hook(module, inputs, output):
+        x = inputs[0]
+        if comp.pixel is not None and x is ctx.model_input:
+            ctx.pixel_hits += 1
+            return comp.pixel(module, x, output, ctx)
+        return rule(module, x, output, ctx)
+    return hook
+
+
+def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+              composite: str | Composite = "thesis", canonize: bool = True,
+              **params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input relevance (B x C x H x W) and explained logits (B) for `target` (B-long).
+
+    `params` go to `get_composite` (epsilon, gamma, alpha, beta, stabilizer, bounds, maxpool).
+    """
+    comp = get_composite(composite, model, **params)
+    handles = []
+    with torch.enable_grad(), canonized(model, ACTIVATIONS) if canonize else nullcontext():
+        try:
+            plan = _plan(model, comp)
+            probe = torch.ones_like(x, requires_grad=True)
+            ctx = _Context(x.detach() * probe, probe)
+            for module, rule in plan:
+                handles.append(module.register_forward_hook(_hook(rule, comp, ctx)))
+            out = model(ctx.model_input)
+            if comp.pixel is not None and ctx.pixel_hits == 0:
+                raise RuntimeError(f"composite {comp.name!r} has a pixel-layer rule but no "
+                                   "convolution or linear layer received the model's input")
+            seed = torch.zeros_like(out).scatter_(1, target[:, None], 1.0)
+            (relevance,) = torch.autograd.grad(out, probe, grad_outputs=seed)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return relevance.detach(), out.detach().gather(1, target[:, None])[:, 0]
+
+
+@register("lrp", requires=("gradients", "input_bounds"))
+def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+        composite: str | Composite = "thesis", canonize: bool = True,
+        **params) -> Explanation:
+    """LRP heatmaps for a batch. `composite`: one of `COMPOSITES` (default "thesis":
+    alpha=2, beta=1 everywhere, z^B at the pixel layer) or a `Composite`."""
+    relevance, logit = attribute(model, x, target, composite, canonize, **params)
+    name = composite if isinstance(composite, str) else composite.name
+    return Explanation(relevance.sum(1), target,
+                       extras={"relevance": relevance, "logit": logit, "composite": name})

@@ -1,0 +1,48 @@
+"""Neural-Backed Decision Trees (`xu.nbdt`): the induced hierarchy named by WordNet
+(`hierarchy`), inference and explanations along the tree (`tree`), path plots (`plot`), the
+six-figure teaching task (`figures`) and nbdt's CIFAR-10 checkpoint (`cifar`)."""
+
+from xai_utils.nbdt import cifar, figures
+from xai_utils.nbdt.cifar import load_cifar10_nbdt
+from xai_utils.nbdt.hierarchy import (
+    WordNetMissing,
+    classifier_weights,
+    imagenet_wnids,
+    induce_graph,
+    nbdt_induced_graph,
+    read_graph,
+    root_of,
+    wnids_for,
+    wordnet,
+    write_graph,
+)
+from xai_utils.nbdt.plot import path_names, plot_path
+from xai_utils.nbdt.tree import (
+    RULES,
+    EdgeHead,
+    Inference,
+    Tree,
+    agreement,
+    edge_log_probs,
+    edge_logits,
+    explanation_lines,
+    flat_tree,
+    hard,
+    induce,
+    infer,
+    last_steps,
+    log_soft,
+    node_saliency,
+    soft,
+    soft_path,
+    tree_supervision_loss,
+)
+
+__all__ = [
+    "RULES", "EdgeHead", "Inference", "Tree", "WordNetMissing", "agreement", "cifar",
+    "classifier_weights", "edge_log_probs", "edge_logits", "explanation_lines", "figures",
+    "flat_tree", "hard", "imagenet_wnids", "induce", "induce_graph", "infer", "last_steps",
+    "load_cifar10_nbdt", "log_soft", "nbdt_induced_graph", "node_saliency", "path_names",
+    "plot_path", "read_graph", "root_of", "soft", "soft_path", "tree_supervision_loss",
+    "wnids_for", "wordnet", "write_graph",
+]
