@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast figures lab lint clean
+.PHONY: setup test test-fast imports figures lab lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) imports
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+test-fast: $(STAMP) imports
 	$(BIN)/python -m pytest -m "not slow"
 
 figures: $(STAMP)

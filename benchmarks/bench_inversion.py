@@ -1,4 +1,4 @@
-"""Speed of batched inversion restarts (seed 002 ch. 4; Mahendran & Vedaldi 2016).
+"""Speed of batched inversion restarts ("Deep Introspection" ch. 4; Mahendran & Vedaldi 2016).
 
 Prints, in one run: time per iteration of 10 restarts optimised together in one batch,
 against one plain forward + backward pass of that batch through the same layers (target:

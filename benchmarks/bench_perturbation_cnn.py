@@ -1,4 +1,4 @@
-"""Speed of the batched perturbation CNN (seed 000) against plain forward+backward passes.
+"""Speed of the batched perturbation CNN ("Deep Explanation") against plain forward+backward passes.
 
 Prints, from one run: the time of one optimisation step (generator forward, classifier
 forward + backward, generator backward, Adam; a `--steps` run minus a one-step run, best of

@@ -1,4 +1,4 @@
-"""Notebook plumbing: recording key numbers, reading them back, checking parameters.
+"""Notebook plumbing: the setup cell, recording key numbers, reading them back.
 
 `record(name, value)` displays the value under a private MIME type, so papermill keeps it in
 the executed notebook; `read_records(path)` collects them again for tests and benchmarks.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,23 @@ def check_params(values: dict, **types) -> None:
             names = " or ".join(t.__name__ for t in allowed)
             raise TypeError(f"notebook parameter {name} must be {names}, "
                             f"got {type(value).__name__} {value!r}")
+
+
+def setup(values: dict, **types):
+    """The first code cell of every notebook: check the parameters' types (`check_params`),
+    run on `DEVICE` when it is set, seed torch with `SEED`, and return
+    `load_model(MODEL)` when the notebook has a `MODEL` parameter (else None).
+
+    >>> model = setup(globals(), MODEL=str, SEED=int, DEVICE=str, INTERACTIVE=bool)
+    """
+    import torch
+
+    from xai_utils.data.models import load_model
+
+    check_params(values, **types)
+    if values.get("DEVICE"):
+        os.environ["XAI_DEVICE"] = values["DEVICE"]
+    torch.manual_seed(values.get("SEED", 0))
+    if "MODEL" not in types:
+        return None
+    return load_model(values["MODEL"])

@@ -1,4 +1,5 @@
-"""Invariants of representation inversion (seed 002 ch. 4; Mahendran & Vedaldi 2015/2016)."""
+"""Invariants of representation inversion ("Deep Introspection" ch. 4; Mahendran & Vedaldi
+2015/2016)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The synthetic shapes benchmark of the thesis (seed 002, ch. 6) and its small VGG-style net.
+"""The synthetic shapes benchmark of "Deep Introspection" (Dowling 2018, ch. 6) and its
+small VGG-style net.
 
 Each image is grey uniform noise with one white quadrilateral or ellipse at a random
 position, size and rotation; the shape's own pixels are returned as a ground-truth mask.

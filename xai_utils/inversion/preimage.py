@@ -2,8 +2,8 @@
 
 Mahendran & Vedaldi, "Understanding deep image representations by inverting them" (CVPR
 2015, arXiv:1412.0035) and "Visualizing deep convolutional neural networks using natural
-pre-images" (IJCV 2016, arXiv:1512.02017), as re-derived in seed 002 ch. 4.2. The objective
-for each batch element is
+pre-images" (IJCV 2016, arXiv:1512.02017), as re-derived in "Deep Introspection" ch. 4.2.
+The objective for each batch element is
 
     E(x) = C * ||Phi(jitter(x)) - Phi0||^2 / ||Phi0||^2 + R_alpha(x) + R_TV(x)
     R_alpha(x) = 1/(HW) sum_uv (||x_uv|| / B)^alpha                                 (alpha = 6)
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from xai_utils.core.hooks import get_layer
 
 PIXEL = 80.0   # MV16's B in 8-bit pixel units: the AdaGrad variant runs on z = PIXEL * x / B
-LR_THESIS = PIXEL ** 2 / (100 * 6.0)   # seed 002: lr = B^2 / (100 alpha) in those units
+LR_THESIS = PIXEL ** 2 / (100 * 6.0)   # "Deep Introspection": lr = B^2 / (100 alpha) in those units
 
 
 class _Stop(Exception):
@@ -114,7 +114,7 @@ def tv_prior(x: torch.Tensor, v: float, beta: float = 2.0) -> torch.Tensor:
 
 def tv_prior_grad(x: torch.Tensor, v: float, beta: float = 2.0) -> torch.Tensor:
     """Closed-form dR_TV/dx: each pixel enters its own two differences and its left and upper
-    neighbours' ones (seed 002 ch. 4.2.2; beta != 2 weights by beta s^(beta/2 - 1))."""
+    neighbours' ones ("Deep Introspection" ch. 4.2.2; beta != 2 weights by beta s^(beta/2 - 1))."""
     dw, dh = _diffs(x)
     hw = x.shape[-1] * x.shape[-2]
     s = (dw.pow(2) + dh.pow(2)).sum(1, keepdim=True)

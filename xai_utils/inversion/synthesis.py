@@ -1,17 +1,18 @@
 """Representation inversion, feature synthesis and boundary images (`xu.inversion`).
 
-- `invert`: pre-images of any named layer (Mahendran & Vedaldi, CVPR 2015 / IJCV 2016; seed
-  002 ch. 4.2), several restarts from fresh noise optimised together as one batch. The
-  objective, regularisers and optimiser live in `preimage.py`.
-- `synthesise`: feature synthesis (seed 002 ch. 4.3): keep one feature's bounding box, fill
-  the rest with noise (option: centre the box, or resize the box to the whole input, the
-  thesis's two variants), take its representation at a deep layer and invert it.
-- `boundary_target`: a representation between two classes (seed 002 future work 7.2.1), from
-  raw softmax values (0.5 / 0.5, the rest 0 plus optional noise) or from the mean of both
-  classes' mean representations; invert it with `invert_target`.
-- `error_stats`: reconstruction error and consistency as in seed 002 ch. 6.3: the mean over
-  features of the mean normalised representation error over restarts, and of its standard
-  deviation over restarts.
+- `invert`: pre-images of any named layer (Mahendran & Vedaldi, CVPR 2015 / IJCV 2016; "Deep
+  Introspection" ch. 4.2), several restarts from fresh noise optimised together as one
+  batch. The objective, regularisers and optimiser live in `preimage.py`.
+- `synthesise`: feature synthesis ("Deep Introspection" ch. 4.3): keep one feature's
+  bounding box, fill the rest with noise (option: centre the box, or resize the box to the
+  whole input, the thesis's two variants), take its representation at a deep layer and
+  invert it.
+- `boundary_target`: a representation between two classes ("Deep Introspection", future work
+  7.2.1), from raw softmax values (0.5 / 0.5, the rest 0 plus optional noise) or from the
+  mean of both classes' mean representations; invert it with `invert_target`.
+- `error_stats`: reconstruction error and consistency as in "Deep Introspection" ch. 6.3:
+  the mean over features of the mean normalised representation error over restarts, and of
+  its standard deviation over restarts.
 
 Departures: the noise that isolates a feature is uniform in [0, 1] pixel space (mapped with
 the model's normalisation; grey for the grey shapes images), drawn from a seeded generator;
@@ -172,7 +173,7 @@ def boundary_target(model: nn.Module, class_a: int, class_b: int, *, mode: str =
                     layer: str = "softmax", images_a: torch.Tensor | None = None,
                     images_b: torch.Tensor | None = None, noise: float = 0.0,
                     seed: int = 0) -> torch.Tensor:
-    """A 1 x feature target between two classes (seed 002 7.2.1).
+    """A 1 x feature target between two classes ("Deep Introspection" 7.2.1).
 
     "raw": softmax output with 0.5 on both classes and 0 elsewhere (plus |noise| on the
     others, renormalised); invert it at layer "softmax". "mean": the average of the two
@@ -197,7 +198,7 @@ def boundary_target(model: nn.Module, class_a: int, class_b: int, *, mode: str =
 
 
 def error_stats(errors: torch.Tensor, restarts: int) -> dict[str, float]:
-    """Seed 002 ch. 6.3: errors of features x restarts (flat, feature-major) ->
+    """As in "Deep Introspection" ch. 6.3: errors of features x restarts (flat, feature-major) ->
     mean error (mean over features of the mean over restarts) and mean std over restarts."""
     e = errors.detach().double().view(-1, restarts)
     return {"mean_error": float(e.mean(1).mean()),

@@ -13,7 +13,7 @@ with Adam, m clamped to [0, 1] after every step. Two presets (the
 paper's is the default: on EfficientNet-Lite0 the port's median-blur null image keeps much of
 the class even when it replaces the whole picture, so its masks cannot delete it):
 
-- ``preset="port"``: the PyTorch port of the paper (seed 001): 28 x 28 mask, bilinear
+- ``preset="port"``: the PyTorch port of the paper: 28 x 28 mask, bilinear
   upsampling (align_corners=True), null image = median blur 11 (what the port's code
   optimises; ``blur="median+gaussian"`` is its README's average of the median and a
   Gaussian 11 x 11, sigma 5), noise N(0, 0.2^2) added every step, 0.01 * mean|1 - m|,

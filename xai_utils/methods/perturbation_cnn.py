@@ -1,6 +1,6 @@
 """Perturbation CNN: a tiny convolutional generator learns the perturbation that kills a class.
 
-Seed 000 ("Deep Explanation: Using AI for Explaining the Results of AI", a VGG19 notebook
+The write-up "Deep Explanation: Using AI for Explaining the Results of AI" (a VGG19 notebook
 building on Fong & Vedaldi 2017, arXiv 1704.03296). For an input x and its class c, a
 generator G made of ONE `Conv2d(3, 3, k, padding=k//2)` is applied `nblocks x nlayers` times
 with shared weights, a ReLU after each block, and its output is min-max rescaled to the
@@ -185,7 +185,8 @@ def perturbation_cnn(model, x: torch.Tensor, target: torch.Tensor, steps: int = 
                      power: float = 6.0, border: float = 0.1, dilation: int = 20,
                      seed: int = 0, snapshots: Sequence[int] = (),
                      progress: bool = True) -> Explanation:
-    """Seed 000's perturbation CNN for a batch: saliency = the post-processed difference.
+    """The "Deep Explanation" perturbation CNN for a batch: saliency = the post-processed
+    difference.
 
     extras: `perturbed` (B x 3 x H x W, the final G(x)), `losses`, `probs`, `dists`
     (B x steps),

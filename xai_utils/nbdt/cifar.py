@@ -1,4 +1,5 @@
-"""The tutorial's own NBDT (seed 004): CIFAR-10, WideResNet-28-10, pretrained with the tree.
+"""The NBDT of the tutorial "How To Visualize and Interpret Neural Networks in Python":
+CIFAR-10, WideResNet-28-10, pretrained with the tree.
 
 Online only: the checkpoint (the network fine-tuned with nbdt's soft tree-supervision loss on
 its induced hierarchy) comes from the nbdt project's GitHub release. The architecture comes

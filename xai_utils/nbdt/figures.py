@@ -1,13 +1,13 @@
 """A labelled offline test bed for NBDTs: six plane figures, a small net, its induced tree.
 
-The two-class shapes task of the thesis (seed 002, ch. 6) extended to six classes that
-WordNet names: triangle, square, rectangle, hexagon, circle, ellipse (one white figure on
-grey noise, random size, position and rotation). Every figure is rasterised in closed form
-for the whole batch: a convex polygon with n sides is the intersection of n half-planes
-u cos a_k + v sin a_k <= R cos(pi / n), a_k = (2k + 1) pi / n, in the figure's rotated
-frame (v stretched by 1 / aspect for the rectangle and ellipse). `train` fits a small
-conv/BatchNorm/ReLU net in well under two minutes on a CPU; the induced hierarchy of its
-classifier then gets WordNet names such as "parallelogram" or "polygon".
+The two-class shapes task of "Deep Introspection" (Dowling 2018, ch. 6) extended to six
+classes that WordNet names: triangle, square, rectangle, hexagon, circle, ellipse (one white
+figure on grey noise, random size, position and rotation). Every figure is rasterised in
+closed form for the whole batch: a convex polygon with n sides is the intersection of n
+half-planes u cos a_k + v sin a_k <= R cos(pi / n), a_k = (2k + 1) pi / n, in the figure's
+rotated frame (v stretched by 1 / aspect for the rectangle and ellipse). `train` fits a
+small conv/BatchNorm/ReLU net in well under two minutes on a CPU; the induced hierarchy of
+its classifier then gets WordNet names such as "parallelogram" or "polygon".
 """
 
 from __future__ import annotations
