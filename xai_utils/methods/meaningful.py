@@ -48,7 +48,13 @@ from tqdm.auto import tqdm
 
 from xai_utils.core.inputs import IMAGENET_STD, model_info
 from xai_utils.core.model_state import channels_last, frozen
-from xai_utils.core.ops import gaussian_blur, target_probability, total_variation
+from xai_utils.core.ops import (
+    bounding_boxes,
+    gaussian_blur,
+    minmax,
+    target_probability,
+    total_variation,
+)
 from xai_utils.core.registry import Explanation, register
 
 
@@ -256,18 +262,11 @@ def deletion_game(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.
     if thresholds is None:
         thresholds = torch.arange(20, device=x.device, dtype=x.dtype) * 0.05
     alpha = torch.as_tensor(thresholds, device=x.device, dtype=x.dtype)
-    flat = saliency.flatten(1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    sal = ((flat - lo) / (hi - lo).clamp_min(1e-12)).view(b, 1, h, w)
+    sal = minmax(saliency).view(b, 1, h, w)
     region = sal >= alpha.view(1, -1, 1, 1)                               # B x T x H x W
-    rows, cols = region.any(3), region.any(2)
-    ar_h = torch.arange(h, device=x.device)
-    ar_w = torch.arange(w, device=x.device)
-    y0 = torch.where(rows, ar_h, h).amin(2)
-    y1 = torch.where(rows, ar_h, -1).amax(2)
-    x0 = torch.where(cols, ar_w, w).amin(2)
-    x1 = torch.where(cols, ar_w, -1).amax(2)
-    box = torch.stack([y0, x0, y1, x1], -1)                                # B x T x 4
+    box = bounding_boxes(region.flatten(0, 1)).view(b, -1, 4)              # B x T x 4
+    y0, x0, y1, x1 = box.unbind(-1)
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     area = ((y1 - y0 + 1).clamp_min(0) * (x1 - x0 + 1).clamp_min(0))
     base = _probability(model, x, target)
     soft = gaussian_blur(x, sigma)
