@@ -1,7 +1,10 @@
-"""Notebook plumbing: the setup cell, recording key numbers, reading them back.
+"""Notebook plumbing: the setup cell, recording key numbers, reading them back, and the
+closing "What we saw" rendered from this run's records.
 
-`record(name, value)` displays the value under a private MIME type, so papermill keeps it in
-the executed notebook; `read_records(path)` collects them again for tests and benchmarks.
+`record(name, value)` stores the value under a private MIME type (nothing is printed), so
+papermill keeps it in the executed notebook; `read_records(path)` collects them again for
+tests and benchmarks. `summary(template)` fills a Markdown template with recorded values,
+so every number a notebook's prose reports comes from its own run.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def record(name: str, value) -> None:
 
     plain = _plain(value)
     RECORDS[name] = plain
-    display({MIME: {name: plain}, "text/plain": f"{name} = {plain}"}, raw=True)
+    display({MIME: {name: plain}, "text/plain": ""}, raw=True)
 
 
 def read_records(path: str | Path) -> dict[str, object]:
@@ -98,3 +101,38 @@ def setup(values: dict, **types):
     if "MODEL" not in types:
         return None
     return load_model(values["MODEL"])
+
+
+def compare(a: float, b: float, less: str = "lower", more: str = "higher",
+            same: str = "the same", tol: float = 0.0) -> str:
+    """The word for how `a` stands to `b` ("lower" / "higher" / "the same" within `tol`),
+    for prose whose direction can flip between runs."""
+    if abs(a - b) <= tol:
+        return same
+    return less if a < b else more
+
+
+def summary(template: str, name: str | None = None, **values) -> str:
+    """Render a notebook's "What we saw" from this run's records and display it as Markdown.
+
+    `{record}` and `{record[key]}` fields (format specs allowed: `{prob[chelsea]:.4f}`) are
+    filled from `record`ed values; `values` adds computed ones (words from `compare`,
+    derived numbers). With `name`, the text is also written to `figures/<name>.md`, from where
+    `make figures` copies the highlights into the README. Returns the text.
+    """
+    from IPython.display import Markdown, display
+
+    fields = {**RECORDS, **values}
+    try:
+        text = template.format_map(fields)
+    except KeyError as err:
+        raise KeyError(f"summary names {err} but nothing was recorded under it; recorded: "
+                       f"{sorted(RECORDS)}") from None
+    if name:
+        from xai_utils.viz import figures_dir
+
+        out = figures_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.md").write_text(text.strip() + "\n")
+    display(Markdown(text))
+    return text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,48 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SMOKE = {p.stem + ".ipynb": json.loads(p.read_text())
          for p in (Path(__file__).parent / "smoke").glob("*.json")}
 
+# A result typed into prose: a number with two or more decimals, or a percentage. Allowed in
+# inline code and maths (parameters, formulas), in arXiv ids, and on a line that names its
+# source (a paper's, the thesis's or another implementation's reported value).
+RESULT_NUMBER = re.compile(r"(?<![\w.:/-])(\d+(?:\.\d+)?\s?%|\d+\.\d{2,})")
+SOURCE = re.compile(r"report|paper|thesis|seed|original|torchray|publish|caffe|\bport\b|"
+                    r"tutorial|walk-through|et al|arxiv", re.I)
+CODE_OR_MATH = re.compile(r"`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", re.S)
+
 pm = pytest.importorskip("papermill")
+
+
+def hand_typed_numbers(markdown: str) -> list[str]:
+    """Result-like numbers in a Markdown text that do not come from the run (see above)."""
+    text = CODE_OR_MATH.sub("", markdown)
+    return [f"{number} in: {line.strip()[:90]}" for line in text.splitlines()
+            if not SOURCE.search(line) for number in RESULT_NUMBER.findall(line)]
+
+
+def test_hand_typed_number_detector():
+    assert hand_typed_numbers("the cat fell to 0.00089 (0.23 %) of it") == [
+        "0.00089 in: the cat fell to 0.00089 (0.23 %) of it",
+        "0.23 % in: the cat fell to 0.00089 (0.23 %) of it"]
+    assert hand_typed_numbers("accuracy 0.649 -> 0.770") and hand_typed_numbers("keeps 43 %")
+    assert not hand_typed_numbers("the paper reports 0.00089 for VGG19")
+    assert not hand_typed_numbers("lr $0.01$, a `BORDER = 0.1` band, arXiv:1704.03296")
+    assert not hand_typed_numbers("step 7, sigma 21, 800 steps, lambda 0.1")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_numbers_come_from_the_run(path):
+    """Markdown holds no hand-typed result; the closing "What we saw" is rendered from the
+    run's records by `xai_utils.notebook.summary`."""
+    cells = json.loads(path.read_text())["cells"]
+    typed = [hit for c in cells if c["cell_type"] == "markdown"
+             for hit in hand_typed_numbers("".join(c["source"]))]
+    assert not typed, "hand-typed results in the prose (render them with summary()):\n" + \
+        "\n".join(typed)
+    rendered = [c for c in cells if c["cell_type"] == "code"
+                and "summary(" in "".join(c["source"]) and "What we saw" in "".join(c["source"])]
+    assert rendered, "no closing 'What we saw' rendered by summary()"
+    assert not any(c["cell_type"] == "markdown" and "What we saw" in "".join(c["source"])
+                   for c in cells), "'What we saw' is typed by hand"
 
 
 def _check(name: str, got, want) -> None:

@@ -35,16 +35,16 @@ from torch import nn
 import xai_utils as xu
 from xai_utils.core.hooks import registered_hooks
 from xai_utils.core.inputs import ModelInfo, input_spec
+from xai_utils.data.shapes import generate
 from xai_utils.evaluation.harness import method_settings
 from xai_utils.methods.cam import gap_linear_head
 
 STEPS = 3
 SEED = 7
 MODELS = ("tiny", "shapes_vgg", "resnet18", "efficientnet_lite0")
-SIDE = {"tiny": 24, "shapes_vgg": 112, "resnet18": 64, "efficientnet_lite0": 64}
+SIDE = {"tiny": 24, "shapes_vgg": 112, "resnet18": 64, "efficientnet_lite0": 64}  # px
 FIXTURE = {"tiny": "contract_tiny", "shapes_vgg": "shapes_model",
            "resnet18": "contract_resnet18", "efficientnet_lite0": "effnet"}
-TARGETS = [1, 0]  # valid for every model (>= 2 classes)
 GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks",
                 "_global_backward_hooks", "_global_backward_pre_hooks")
 
@@ -110,13 +110,24 @@ def _fresh(request, model_name: str) -> nn.Module:
     return model
 
 
-def _inputs(model: nn.Module, model_name: str, n: int = 2) -> torch.Tensor:
-    """n random images in the model's input space (pixels in [0, 1], normalised)."""
-    side = SIDE[model_name]
+def _inputs(model: nn.Module, model_name: str) -> tuple[torch.Tensor, list[int]]:
+    """Two images in the model's input space (shapes_vgg: one shape of each class; the
+    others: random pixels, normalised) and two different target classes (image 0: its top
+    class; image 1: its top class, or its second if that is taken), so a method that mixes
+    up the images or targets of a batch shows, and no map is trivially zero."""
     dtype = next(model.parameters()).dtype
-    pixels = torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(3),
-                        dtype=dtype)
-    return input_spec(model, dtype=dtype).normalise(pixels).contiguous()
+    if model_name == "shapes_vgg":
+        x = generate(2, seed=1).images.to(dtype)
+    else:
+        side = SIDE[model_name]
+        pixels = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(3),
+                            dtype=dtype)
+        x = input_spec(model, dtype=dtype).normalise(pixels).contiguous()
+    with torch.no_grad():
+        top = model(x).topk(2, dim=1).indices.tolist()
+    first = top[0][0]
+    second = top[1][0] if top[1][0] != first else top[1][1]
+    return x, [first, second]
 
 
 def _params(method: str, model: nn.Module, model_name: str) -> dict:
@@ -145,9 +156,13 @@ def _unmet(method: str, model: nn.Module) -> list[str]:
 
 # ---------------------------------------------------------------- model state snapshots
 
+SIMPLE = (bool, int, float, str, type(None))
+
+
 def _attrs(module: nn.Module) -> dict:
-    return {k: v for k, v in vars(module).items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple))}
+    """A module's plain public attributes (training, inplace, kernel_size, ...)."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and (
+        isinstance(v, SIMPLE) or (isinstance(v, tuple) and all(isinstance(e, SIMPLE) for e in v)))}
 
 
 def _snapshot(model: nn.Module, x: torch.Tensor) -> dict:
@@ -266,7 +281,7 @@ def _clean_run(request, method: str, model_name: str) -> CleanRun:
 
 def _compute_clean_run(request, method: str, model_name: str) -> CleanRun:
     model = _fresh(request, model_name)
-    x = _inputs(model, model_name)
+    x, targets = _inputs(model, model_name)
     params = _params(method, model, model_name)
     run = CleanRun(x=x.clone())
     unmet = _unmet(method, model)
@@ -284,11 +299,11 @@ def _compute_clean_run(request, method: str, model_name: str) -> CleanRun:
             run.input_problems += [f"{label}: {p}" for p in _input_problems(inp, before)]
             run.model_problems += [f"{label}: {p}" for p in _state_problems(model, before)]
 
-    run.batch = call("batch of 2", x, TARGETS)
+    run.batch = call("batch of 2", x, targets)
     if run.refusal is None:
-        run.singles = [call(f"image {i} alone", x[i:i + 1].clone(), TARGETS[i:i + 1])
+        run.singles = [call(f"image {i} alone", x[i:i + 1].clone(), targets[i:i + 1])
                        for i in range(len(x))]
-        run.repeat = call("image 0 again", x[:1].clone(), TARGETS[:1])
+        run.repeat = call("image 0 again", x[:1].clone(), targets[:1])
     return run
 
 
@@ -298,14 +313,15 @@ def _maps(run: CleanRun) -> CleanRun:
     return run
 
 
-CASES = pytest.mark.parametrize("model_name", MODELS)
+# ids read [method-model]
 METHODS = pytest.mark.parametrize("method", xu.methods())
+CASES = pytest.mark.parametrize("model_name", MODELS)
 
 
 # ---------------------------------------------------------------- properties 1-5
 
-@METHODS
 @CASES
+@METHODS
 def test_finite_map_on_input_device_and_dtype(request, method, model_name):
     run = _maps(_clean_run(request, method, model_name))
     b, _, h, w = run.x.shape
@@ -316,19 +332,29 @@ def test_finite_map_on_input_device_and_dtype(request, method, model_name):
         assert torch.isfinite(sal).all(), "saliency has NaN or inf"
 
 
-@METHODS
 @CASES
+@METHODS
 def test_batch_equals_images_one_at_a_time(request, method, model_name):
     run = _maps(_clean_run(request, method, model_name))
     singles = torch.cat(run.singles)
-    tol = 1e-9 if singles.dtype == torch.float64 else 1e-4
-    scale = float(singles.abs().max().clamp_min(torch.finfo(singles.dtype).tiny))
-    torch.testing.assert_close(run.batch, singles, rtol=tol, atol=tol * scale,
+    assert (singles.flatten(1).abs().amax(1) > 0).all(), \
+        "a map is all zero, so the comparison would be vacuous: pick other targets/inputs"
+    # Float order only: 1e-4 of the map's largest value (float64: 1e-9). Iterative
+    # methods get 1e-3 in float32: Adam's step g / (|g| + eps) turns the rounding of a
+    # near-zero gradient into ~1e-4 relative differences after a few steps (measured up to
+    # 8.6e-5, meaningful_perturbation on resnet18), while images coupled by a batch differ
+    # by O(1).
+    if singles.dtype == torch.float64:
+        rtol = atol = 1e-9
+    else:
+        rtol, atol = 1e-4, 1e-3 if xu.method_info(method).iterative else 1e-4
+    scale = float(singles.abs().max())
+    torch.testing.assert_close(run.batch, singles, rtol=rtol, atol=atol * scale,
                                msg=lambda m: f"{method} couples the images of a batch: {m}")
 
 
-@METHODS
 @CASES
+@METHODS
 def test_same_seed_same_map(request, method, model_name):
     run = _maps(_clean_run(request, method, model_name))
     assert torch.equal(run.repeat, run.singles[0]), (
@@ -336,15 +362,15 @@ def test_same_seed_same_map(request, method, model_name):
         f"{float((run.repeat - run.singles[0]).abs().max()):.3g})")
 
 
-@METHODS
 @CASES
+@METHODS
 def test_input_not_modified(request, method, model_name):
     run = _clean_run(request, method, model_name)
     assert not run.input_problems, run.input_problems
 
 
-@METHODS
 @CASES
+@METHODS
 def test_model_restored_after_success(request, method, model_name):
     run = _clean_run(request, method, model_name)
     assert not run.model_problems, run.model_problems
@@ -352,11 +378,12 @@ def test_model_restored_after_success(request, method, model_name):
 
 # ---------------------------------------------------------------- property 6
 
-@METHODS
 @CASES
+@METHODS
 def test_model_and_input_restored_after_exception_midway(request, method, model_name):
     model = _fresh(request, model_name)
-    x = _inputs(model, model_name, n=1)
+    x, targets = _inputs(model, model_name)
+    x, target = x[:1].clone(), targets[:1]
     params = _params(method, model, model_name)
     layer = _classifier(model)
     before = _snapshot(model, x)
@@ -372,7 +399,7 @@ def test_model_and_input_restored_after_exception_midway(request, method, model_
 
         handle = layer.register_forward_hook(boom)
         try:
-            xu.explain(method, model, x, target=TARGETS[:1], **params)
+            xu.explain(method, model, x, target=target, **params)
         except Boom:
             raised_at = fail_on
         except ValueError:
@@ -390,23 +417,24 @@ def test_model_and_input_restored_after_exception_midway(request, method, model_
     assert raised_at is not None, "Boom did not propagate"
 
 
-@METHODS
 @CASES
+@METHODS
 def test_mixed_train_mode_kept(request, method, model_name):
     """One module in train mode (the last BatchNorm, else the classifier): the method runs or
     refuses with a clear error, and the mixed mode comes back either way. That BatchNorm's
     running statistics may move (the user asked for train mode), nothing else may."""
     model = _fresh(request, model_name)
+    x, targets = _inputs(model, model_name)
+    x, target = x[:1].clone(), targets[:1]
     norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
     name = norms[-1] if norms else [n for n, m in model.named_modules()
                                     if m is _classifier(model)][0]
     model.get_submodule(name).train()
-    x = _inputs(model, model_name, n=1)
     params = _params(method, model, model_name)
     before = _snapshot(model, x)
     assert any(before["training"].values()) and not all(before["training"].values())
     try:
-        sal = xu.explain(method, model, x, target=TARGETS[:1], **params).saliency
+        sal = xu.explain(method, model, x, target=target, **params).saliency
         assert torch.isfinite(sal).all() and sal.shape == x[:, 0].shape
     except ValueError as exc:
         assert "train" in str(exc) or _unmet(method, model), f"unclear refusal: {exc}"
