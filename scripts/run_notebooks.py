@@ -1,7 +1,10 @@
 """Execute notebooks with papermill: `make figures` runs every one with its default parameters.
 
 Executed copies go to build/notebooks/ (ignored); figures land in figures/ through
-xai_utils.save_figure. Prints how long each notebook took.
+xai_utils.save_figure. Prints how long each notebook took and, from the previous run's
+times, an estimate of what is left. Afterwards the README's results tables (notebook 08)
+and its highlights (each notebook's rendered "What we saw", figures/<notebook>_summary.md)
+are refreshed from this run.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import time
 from pathlib import Path
 
 import papermill as pm
+
+from xai_utils.notebook import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,32 +33,55 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     params = json.loads(args.parameters)
     params.setdefault("INTERACTIVE", False)
-    total, failed = time.perf_counter(), []
-    for path in paths:
+    times_file = out / "times.json"
+    previous = json.loads(times_file.read_text()) if times_file.exists() else {}
+    total, failed, times = time.perf_counter(), [], {}
+    for i, path in enumerate(paths):
+        left = sum(previous.get(p.name, 0.0) for p in paths[i:])
+        if left:
+            print(f"{path.name:<32} starting; about {left / 60:.0f} min left (last run's times)",
+                  flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(path), str(out / path.name), parameters=params,
-                                kernel_name="python3", cwd=str(path.parent), progress_bar=False)
+            execute(path, out / path.name, params)
             status = "ok"
         except pm.PapermillExecutionError as err:
             status, _ = f"FAILED: {err.ename}: {err.evalue}", failed.append(path.name)
-        print(f"{path.name:<32} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
+        times[path.name] = time.perf_counter() - start
+        print(f"{path.name:<32} {times[path.name]:7.1f} s  {status}", flush=True)
     print(f"{'total':<32} {time.perf_counter() - total:7.1f} s")
+    times_file.write_text(json.dumps({**previous, **times}, indent=1))
     if update_readme():
         print("README.md: results tables updated from figures/08_benchmark_tables.md")
+    if update_readme(highlights(), "highlights"):
+        print("README.md: highlights updated from figures/*_summary.md")
     return 1 if failed else 0
 
 
-def update_readme(tables: Path = ROOT / "figures" / "08_benchmark_tables.md",
-                  readme: Path = ROOT / "README.md") -> bool:
-    """Put the benchmark notebook's tables between the README's results markers."""
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+def highlights(figures: Path = ROOT / "figures") -> str:
+    """Each notebook's rendered "What we saw", under the notebook's name."""
+    parts = []
+    for path in sorted(figures.glob("*_summary.md")):
+        text = path.read_text().replace("## What we saw", "").strip()
+        parts.append(f"**{path.stem.removesuffix('_summary')}**\n\n{text}")
+    return "\n\n".join(parts)
+
+
+def update_readme(content: Path | str = ROOT / "figures" / "08_benchmark_tables.md",
+                  marker: str = "results", readme: Path = ROOT / "README.md") -> bool:
+    """Put `content` (a file's text, or a string) between the README's markers
+    `<!-- {marker}:start -->` and `<!-- {marker}:end -->`."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     text = readme.read_text()
-    if not tables.exists() or start not in text or end not in text:
+    if isinstance(content, Path):
+        if not content.exists():
+            return False
+        content = content.read_text()
+    if not content.strip() or start not in text or end not in text:
         return False
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
-    readme.write_text(f"{head}{start}\n{tables.read_text().strip()}\n{end}{tail}")
+    readme.write_text(f"{head}{start}\n{content.strip()}\n{end}{tail}")
     return True
 
 

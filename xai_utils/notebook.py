@@ -112,6 +112,14 @@ def compare(a: float, b: float, less: str = "lower", more: str = "higher",
     return less if a < b else more
 
 
+def listing(items, empty: str = "none") -> str:
+    """Names for prose: "a", "a and b", "a, b and c" (`empty` for none)."""
+    items = [str(i) for i in items]
+    if not items:
+        return empty
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def summary(template: str, name: str | None = None, **values) -> str:
     """Render a notebook's "What we saw" from this run's records and display it as Markdown.
 
@@ -136,3 +144,19 @@ def summary(template: str, name: str | None = None, **values) -> str:
         (out / f"{name}.md").write_text(text.strip() + "\n")
     display(Markdown(text))
     return text
+
+
+def execute(path: str | Path, out: str | Path, parameters: dict | None = None,
+            cwd: str | Path | None = None) -> None:
+    """Run a notebook with papermill (`make figures`, the notebook tests), its kernel on
+    IPC sockets instead of TCP (no unencrypted port, no transport warning)."""
+    import papermill as pm
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = "ipc"
+
+    path = Path(path)
+    pm.execute_notebook(str(path), str(out), parameters=parameters or {},
+                        kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
+                        kernel_manager_class=IPCKernelManager)

@@ -81,11 +81,12 @@ def _check(name: str, got, want) -> None:
 
 
 def _run(path: Path, tmp_path: Path, parameters: dict) -> Path:
+    from xai_utils.notebook import execute
+
     out = tmp_path / path.name
     os.environ["XAI_FIGURES_DIR"] = str(tmp_path / "figures")
     try:
-        pm.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
-                            cwd=str(path.parent), progress_bar=False)
+        execute(path, out, parameters)
     finally:
         os.environ.pop("XAI_FIGURES_DIR")
     return out

@@ -15,7 +15,7 @@
    (the method runs or refuses with a clear error; the mixed mode is kept either way).
 
 Models: a tiny conv net in float64 (so dtype handling is tested off float32),
-`shapes_vgg`, a random-weight ResNet18 and EfficientNet-Lite0, all at small inputs, with 2
+`shapes_vgg`, a random-weight ResNet18 and EfficientNet-Lite0, all at small inputs, with 3
 steps for iterative methods and a 2 x 2 grid of occlusion windows. Before every call some
 parameters get `requires_grad=False` (a mix), so restoring the flags is really tested. The
 session models (`shapes_model`, `effnet`) are deep-copied, never modified. The clean calls
@@ -241,6 +241,12 @@ def _state_problems(model: nn.Module, before: dict, skip_buffers_of: str | None 
     return problems + _hook_problems(model)
 
 
+def _check(problems: list[str]) -> None:
+    if problems:
+        more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
+        pytest.fail("; ".join(problems[:8]) + more, pytrace=False)
+
+
 def _input_problems(x: torch.Tensor, before: dict) -> list[str]:
     same = x.dtype == before["x"].dtype and x.shape == before["x"].shape and torch.equal(
         x, before["x"])
@@ -366,14 +372,14 @@ def test_same_seed_same_map(request, method, model_name):
 @METHODS
 def test_input_not_modified(request, method, model_name):
     run = _clean_run(request, method, model_name)
-    assert not run.input_problems, run.input_problems
+    _check(run.input_problems)
 
 
 @CASES
 @METHODS
 def test_model_restored_after_success(request, method, model_name):
     run = _clean_run(request, method, model_name)
-    assert not run.model_problems, run.model_problems
+    _check(run.model_problems)
 
 
 # ---------------------------------------------------------------- property 6
@@ -408,9 +414,9 @@ def test_model_and_input_restored_after_exception_midway(request, method, model_
             pytest.skip(f"documented refusal of {method} for {model_name}")
         finally:
             handle.remove()
-        problems = _input_problems(x, before) + _state_problems(model, before)
-        assert not problems, (f"after {'Boom on call ' + str(fail_on) if raised_at else 'a run'}"
-                              f": {problems}")
+        when = f"after Boom on forward call {fail_on}" if raised_at else "after a full run"
+        _check([f"{when}: {p}" for p in _input_problems(x, before)
+                + _state_problems(model, before)])
         if raised_at is not None:
             break
         assert calls == 1, f"{method} called the classifier {calls} times without Boom"
@@ -438,6 +444,5 @@ def test_mixed_train_mode_kept(request, method, model_name):
         assert torch.isfinite(sal).all() and sal.shape == x[:, 0].shape
     except ValueError as exc:
         assert "train" in str(exc) or _unmet(method, model), f"unclear refusal: {exc}"
-    problems = _input_problems(x, before) + _state_problems(
-        model, before, skip_buffers_of=name if norms else None)
-    assert not problems, problems
+    _check(_input_problems(x, before) + _state_problems(
+        model, before, skip_buffers_of=name if norms else None))

@@ -1,7 +1,8 @@
 """Scores for saliency maps, batched on the maps' device.
 
 - `pointing_game`: a hit when the map's maximum lies within `tolerance` pixels of the
-  ground-truth mask (Zhang et al. 2016; the 15-px tolerance of TorchRay's benchmark).
+  ground-truth mask (Zhang et al. 2016; the 15-px tolerance of TorchRay's benchmark for
+  images of 224 px and more, scaled with the image below by `pointing_tolerance`).
 - `energy_in_mask`: share of the positive saliency that falls inside the mask.
 - `deletion_auc` / `insertion_auc`: area under the target-probability curve as the most
   salient pixels are removed from, or revealed on, a baseline (Petsiuk et al. 2018, RISE);
@@ -30,10 +31,20 @@ def _argmax_yx(saliency: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat // w, flat % w], dim=1)
 
 
-def pointing_game(saliency: torch.Tensor, masks: torch.Tensor, tolerance: int = 15) -> torch.Tensor:
-    """B bools: is each map's maximum within `tolerance` px of its mask (B x H x W each)?"""
+def pointing_tolerance(height: int, width: int) -> int:
+    """TorchRay's 15 px for images of 224 px and more, scaled with the shorter side below
+    (8 px at 112 px), so that the tolerance covers the same share of a smaller image."""
+    return max(1, round(15 * min(1.0, min(height, width) / 224)))
+
+
+def pointing_game(saliency: torch.Tensor, masks: torch.Tensor,
+                  tolerance: int | None = 15) -> torch.Tensor:
+    """B bools: is each map's maximum within `tolerance` px of its mask (B x H x W each)?
+    `tolerance=None`: `pointing_tolerance` of the image size."""
     if saliency.shape != masks.shape:
         raise ValueError(f"saliency {tuple(saliency.shape)} and masks {tuple(masks.shape)} differ")
+    if tolerance is None:
+        tolerance = pointing_tolerance(*masks.shape[-2:])
     masks = masks.bool()
     if tolerance > 0:
         kernel = _disk(tolerance, masks.device)[None, None]
