@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import xai_utils as xu
+from xai_utils.evaluation.profiling import timed
 from xai_utils.methods import cam as C
-
-
-def _timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench(name: str, batch: int, repeats: int) -> dict[str, float]:
@@ -71,16 +61,12 @@ def bench(name: str, batch: int, repeats: int) -> dict[str, float]:
         "pytorch-grad-cam GradCAM": lambda: pgc(input_tensor=x, targets=pgc_targets),
         "Captum LayerGradCam": captum_run,
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    try:
-        for fn in fns.values():  # warm-up
-            fn()
-        for _ in range(repeats):  # interleaved, so load changes hit every method alike
-            for key, fn in fns.items():
-                times[key].append(_timed(fn, dev))
+    try:  # one warm-up round, then interleaved, so load changes hit every method alike
+        times = timed(list(fns.values()), dev, repeats=repeats, warmup=1,
+                      reduce=statistics.median)
     finally:
         pgc.activations_and_grads.release()
-    return {k: statistics.median(v) for k, v in times.items()}
+    return dict(zip(fns, times, strict=True))
 
 
 def main() -> None:

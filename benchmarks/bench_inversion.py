@@ -10,12 +10,12 @@ against one plain forward + backward pass of that batch through the same layers 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import xai_utils as xu
 from xai_utils import inversion as inv
+from xai_utils.evaluation.profiling import timed
 
 
 def main() -> None:
@@ -36,20 +36,23 @@ def main() -> None:
                       progress=False)                                       # warm-up
 
     batch = x.repeat(args.restarts, 1, 1, 1).requires_grad_(True)
-    t0 = time.perf_counter()
-    for _ in range(args.iters):
-        feat = inv.layer_outputs(model, batch, [args.layer])[args.layer]
-        (grad,) = torch.autograd.grad(feat.pow(2).sum(), batch)
-    plain = (time.perf_counter() - t0) / args.iters
 
-    t0 = time.perf_counter()
-    inv.invert_target(model, target, args.layer, args.size, restarts=args.restarts, **kw)
-    batched = (time.perf_counter() - t0) / args.iters
+    def plain_passes() -> None:
+        for _ in range(args.iters):
+            feat = inv.layer_outputs(model, batch, [args.layer])[args.layer]
+            torch.autograd.grad(feat.pow(2).sum(), batch)
 
-    t0 = time.perf_counter()
-    for r in range(args.restarts):
-        inv.invert_target(model, target, args.layer, args.size, restarts=1, seed=r, **kw)
-    sequential = (time.perf_counter() - t0) / args.iters
+    def batched_run() -> None:
+        inv.invert_target(model, target, args.layer, args.size, restarts=args.restarts, **kw)
+
+    def sequential_runs() -> None:
+        for r in range(args.restarts):
+            inv.invert_target(model, target, args.layer, args.size, restarts=1, seed=r, **kw)
+
+    # one timed run each (the warm-up above is shared), in this order
+    plain, batched, sequential = (
+        t / args.iters for t in timed([plain_passes, batched_run, sequential_runs], x.device,
+                                      repeats=1, warmup=0))
 
     print(f"{args.model} {args.layer}, {args.size} px, {args.restarts} restarts, "
           f"{args.iters} iterations, {torch.get_num_threads()} threads, {xu.device()}")

@@ -7,33 +7,21 @@ embedded model. Both LRPs use the epsilon / alpha2-beta1 composite (Zennit's
 EpsilonAlpha2Beta1) with biases in the denominators. Zennit gets its VGG canonizer; it has
 none for timm's EfficientNet (BatchNorm with a fused activation), so there it runs without one
 (its map then differs; the timing is still a like-for-like pass). Each number is the median
-of `--repeats` runs after `--warmup` warm-ups, all in this one run. The thesis's historical anchor:
-about 18.3 s per VGG16 image on a 4-core CPU (2018).
+of `--repeats` runs after `--warmup` warm-ups, all in this one run, the three passes taking
+turns in every round. The thesis's historical anchor: about 18.3 s per VGG16 image on a 4-core
+CPU (2018).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import xai_utils as xu
+from xai_utils.evaluation.profiling import timed
 from xai_utils.methods.lrp import attribute
-
-
-def _timed(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _plain(model, x, target):
@@ -86,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
             x = torch.rand(batch, 3, args.size, args.size, generator=gen).to(xu.device())
             target = torch.zeros(batch, dtype=torch.long, device=x.device)
             plain, ours, theirs = (
-                _timed(fn, args.repeats, args.warmup) / batch
-                for fn in (_plain(model, x, target), _ours(model, x, target),
-                           _zennit(model, x, target, name)))
+                t / batch
+                for t in timed([_plain(model, x, target), _ours(model, x, target),
+                                _zennit(model, x, target, name)], x.device,
+                               repeats=args.repeats, warmup=args.warmup,
+                               reduce=statistics.median))
             print(f"{name:<20}{batch:>6}{plain:>15.3f}{ours:>12.3f}{theirs:>14.3f}"
                   f"{ours / plain:>14.2f}{ours / theirs:>13.2f}", flush=True)
 

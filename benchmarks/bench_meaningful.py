@@ -12,22 +12,11 @@ one-off work (median blur, blur pyramid) is excluded from the ratio and included
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import xai_utils as xu
-
-
-def _timed(fn, repeats: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+from xai_utils.evaluation.profiling import timed
 
 
 def forward_backward(model, x: torch.Tensor) -> None:
@@ -45,11 +34,11 @@ def measure(model, name: str, kw: dict, x: torch.Tensor, t: torch.Tensor, steps:
     def call(n: int) -> None:
         xu.explain(name, model, x, target=t, steps=n, progress=False, **kw)
 
-    full = _timed(lambda: call(steps), repeats)
     if total_only:
-        return full
-    ref = _timed(lambda: forward_backward(model, x), repeats)
-    zero = _timed(lambda: call(0), repeats)
+        return timed([lambda: call(steps)], x.device, repeats=repeats, warmup=0)[0]
+    # best of `repeats` rounds each, the three taking turns
+    full, ref, zero = timed([lambda: call(steps), lambda: forward_backward(model, x),
+                             lambda: call(0)], x.device, repeats=repeats, warmup=0)
     return ref, (full - zero) / steps, full
 
 

@@ -20,7 +20,6 @@ of the machine hits all of them alike.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from captum.attr import Occlusion
@@ -28,17 +27,7 @@ from captum.attr import Occlusion
 import xai_utils as xu
 from xai_utils import features as fx
 from xai_utils.core.model_state import merged_batchnorm
-
-
-def interleaved(fns, repeat: int) -> list[float]:
-    """Fastest of `repeat` rounds for each function, the functions taking turns."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
+from xai_utils.evaluation.profiling import timed
 
 
 def disks(n: int, size: int, radius: int, seed: int = 0) -> torch.Tensor:
@@ -85,8 +74,8 @@ def main() -> None:
                                        target=target)
 
     windows = ((size - window + stride - 1) // stride + 1) ** 2
-    t_fb, t_ours, t_cap, t_def = interleaved((fwd_bwd, ours, captum, captum_default),
-                                             args.repeat)
+    t_fb, t_ours, t_cap, t_def = timed([fwd_bwd, ours, captum, captum_default], x.device,
+                                       repeats=args.repeat, warmup=0)
     print(f"device {xu.device()}, threads {torch.get_num_threads()}, model {args.model}, "
           f"{args.images} images {size}px")
     print(f"\nsliding-window occlusion: window {window}, stride {stride}, {windows} windows "
@@ -122,7 +111,8 @@ def main() -> None:
         for s in range(0, len(chosen), args.batch):
             batch = occluder(chosen[s:s + args.batch], into=batch)
 
-    t_fw, t_me, t_oc = interleaved((forwards, metrics, occlusion_alone), args.repeat)
+    t_fw, t_me, t_oc = timed([forwards, metrics, occlusion_alone], x.device,
+                             repeats=args.repeat, warmup=0)
     print("\nexhaustive metrics, 10 features = 1024 subsets (pixelate, k=4)")
     print(f"{'1024 plain forwards':<28}{t_fw:9.3f}")
     print(f"{'occlude + forward + analyse':<28}{t_me:9.3f}   ratio {t_me / t_fw:.2f}")

@@ -15,6 +15,7 @@ from xai_utils.evaluation.profiling import (
     memory_growth,
     profile,
     synchronize,
+    timed,
 )
 from xai_utils.evaluation.sanity import cascading_randomization, parametrised_layers, spearman
 from xai_utils.evaluation.tables import markdown_table, save_tables
@@ -22,5 +23,5 @@ from xai_utils.evaluation.tables import markdown_table, save_tables
 __all__ = [
     "baseline_maps", "cascading_randomization", "forward_backward", "markdown_table",
     "memory_growth", "method_settings", "metrics", "parametrised_layers", "peaks_on_own_half",
-    "profile", "quality", "run_method", "save_tables", "spearman", "synchronize",
+    "profile", "quality", "run_method", "save_tables", "spearman", "synchronize", "timed",
 ]

@@ -1,4 +1,5 @@
-"""Time and peak memory of one call (`profile`), and what 100 calls leave (`memory_growth`)."""
+"""Time and peak memory of one call (`profile`), interleaved timings of several (`timed`),
+and what 100 calls leave (`memory_growth`). The benchmark scripts time with these."""
 
 from __future__ import annotations
 
@@ -45,6 +46,24 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a timer measures it (no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fns, device: torch.device | str = "cpu", repeats: int = 3, warmup: int = 1,
+          reduce=min) -> list[float]:
+    """Seconds of each function in `fns`, the functions taking turns in every round (so that
+    a noisy machine slows all alike), synchronised on a GPU; `reduce` over the `repeats`
+    rounds after `warmup` untimed ones (min: the best; statistics.median)."""
+    device = torch.device(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for round_ in range(warmup + repeats):
+        for i, fn in enumerate(fns):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if round_ >= warmup:
+                times[i].append(time.perf_counter() - start)
+    return [reduce(t) for t in times]
 
 
 def _release_freed_memory() -> None:
