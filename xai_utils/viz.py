@@ -66,3 +66,22 @@ def save_figure(fig, name: str, dpi: int = 110) -> Path:
     path = out / (name if name.endswith(".png") else f"{name}.png")
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
     return path
+
+
+def shared_limit(maps, q: float = 0.99) -> float:
+    """One colour limit for maps drawn side by side: the q-quantile of |map| over all."""
+    values = torch.stack([torch.as_tensor(m).detach().float().cpu() for m in maps]).abs()
+    return float(np.quantile(values.numpy(), q))
+
+
+def heat(ax, image, saliency, limit: float, signed: bool = False, alpha: float = 0.6):
+    """Draw `saliency` over a light-grey copy of `image` (H x W x 3 array or 3 x H x W
+    tensor) on a fixed scale: [0, limit] white to red, or with `signed` [-limit, limit] in a
+    diverging colour map centred at zero (blue < 0 < red). Returns the artist for a colour
+    bar; maps compared side by side should share `limit` (`shared_limit`)."""
+    img = image.permute(1, 2, 0).cpu() if isinstance(image, torch.Tensor) else image
+    ax.imshow(np.asarray(img, dtype=np.float32).mean(-1), cmap="gray", vmin=-0.5, vmax=1)
+    ax.axis("off")
+    sal = torch.as_tensor(saliency).detach().float().cpu()
+    return ax.imshow(sal, alpha=alpha, cmap="RdBu_r" if signed else "Reds",
+                     vmin=-limit if signed else 0, vmax=limit)

@@ -122,7 +122,7 @@ def _inputs(model: nn.Module, model_name: str) -> tuple[torch.Tensor, list[int]]
         side = SIDE[model_name]
         pixels = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(3),
                             dtype=dtype)
-        x = input_spec(model, dtype=dtype).normalise(pixels).contiguous()
+        x = input_spec(model, dtype=dtype).normalize(pixels).contiguous()
     with torch.no_grad():
         top = model(x).topk(2, dim=1).indices.tolist()
     first = top[0][0]

@@ -69,7 +69,7 @@ def test_randomisation_flags_a_map_that_ignores_the_model(shapes_model, temporar
     temporary_method("brightness", brightness)
     data = shapes.generate(4, seed=5)
     before = copy.deepcopy(shapes_model.state_dict())
-    stages = ev.parametrised_layers(shapes_model)
+    stages = ev.parametrized_layers(shapes_model)
     assert stages == ["classifier", "features.9", "features.6", "features.3", "features.0"]
     curves = ev.cascading_randomization(shapes_model, data.images, data.labels,
                                         {"brightness": {}, "gradcam": {}})

@@ -34,7 +34,7 @@ def test_mask_one_without_noise_gives_the_image_exactly(preset):
     up = mp.upsample(mask, (32, 32), p)
     assert torch.equal(up, torch.ones_like(up))
     assert torch.equal(mp.blend(x, null, up), x)
-    l1, tv = mp.regularisers(mask, p)
+    l1, tv = mp.regularizers(mask, p)
     assert torch.equal(l1, torch.zeros(2)) and torch.equal(tv, torch.zeros(2))
     # mask 0 gives the null image
     zero = mp.upsample(torch.zeros_like(mask), (32, 32), p)
@@ -43,10 +43,10 @@ def test_mask_one_without_noise_gives_the_image_exactly(preset):
 
 def test_regularisers_hand_worked():
     m = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
-    l1, tv = mp.regularisers(m, mp.resolve_preset("port"))
+    l1, tv = mp.regularizers(m, mp.resolve_preset("port"))
     # mean|1-m| = 1/4; rows: |0|^3, |1|^3 -> 0.5; cols: |-1|^3, |0|^3 -> 0.5
     assert l1.item() == 0.25 and tv.item() == 1.0
-    l1, tv = mp.regularisers(m, mp.resolve_preset("paper"))
+    l1, tv = mp.regularizers(m, mp.resolve_preset("paper"))
     # sum|1-m| = 1; one interior pixel: (dy^2 + dx^2)^(3/2) = (0 + 1)^1.5
     assert l1.item() == 1.0 and tv.item() == 1.0
 

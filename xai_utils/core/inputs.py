@@ -57,7 +57,7 @@ class InputSpec:
     def high(self) -> torch.Tensor:
         return (1 - self.mean) / self.std
 
-    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1] -> model input."""
         return (pixels - self.mean) / self.std
 

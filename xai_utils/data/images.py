@@ -163,7 +163,7 @@ def preprocess(images, model, size: int | None = None) -> torch.Tensor:
     arrays = [_resize_and_crop(load_image(im), size, info.crop_pct, info.interpolation)
               for im in images]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
-    return input_spec(model).normalise(batch).to(model_device(model))
+    return input_spec(model).normalize(batch).to(model_device(model))
 
 
 def to_image(x: torch.Tensor, model=None) -> np.ndarray:

@@ -7,6 +7,7 @@ from xai_utils.evaluation.harness import (
     baseline_maps,
     method_settings,
     peaks_on_own_half,
+    pointing_geometry,
     quality,
     run_method,
 )
@@ -17,11 +18,12 @@ from xai_utils.evaluation.profiling import (
     synchronize,
     timed,
 )
-from xai_utils.evaluation.sanity import cascading_randomization, parametrised_layers, spearman
+from xai_utils.evaluation.sanity import cascading_randomization, parametrized_layers, spearman
 from xai_utils.evaluation.tables import markdown_table, save_tables
 
 __all__ = [
     "baseline_maps", "cascading_randomization", "forward_backward", "markdown_table",
-    "memory_growth", "method_settings", "metrics", "parametrised_layers", "peaks_on_own_half",
-    "profile", "quality", "run_method", "save_tables", "spearman", "synchronize", "timed",
+    "memory_growth", "method_settings", "metrics", "parametrized_layers", "peaks_on_own_half",
+    "pointing_geometry", "profile", "quality", "run_method", "save_tables", "spearman",
+    "synchronize", "timed",
 ]

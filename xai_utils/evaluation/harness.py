@@ -78,6 +78,26 @@ def quality(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch
     return scores
 
 
+def pointing_geometry(masks: torch.Tensor, tolerance: int | None = None) -> dict[str, float]:
+    """What the pointing game rewards on a set of ground-truth masks (N x H x W): the share
+    of the image inside the masks, the share within `tolerance` px of them (a hit region;
+    None: `metrics.pointing_tolerance`), the mean distance of the masks' centroids from the
+    image centre, and how often the centre pixel itself is a hit (the centre baseline)."""
+    h, w = masks.shape[-2:]
+    tol = metrics.pointing_tolerance(h, w) if tolerance is None else tolerance
+    m = masks.float()
+    near = metrics.grown(masks, tol)
+    yy = torch.arange(h, dtype=torch.float32, device=m.device)[:, None]
+    xx = torch.arange(w, dtype=torch.float32, device=m.device)[None]
+    area = m.sum((1, 2)).clamp_min(1)
+    cy, cx = (m * yy).sum((1, 2)) / area, (m * xx).sum((1, 2)) / area
+    return {"size": h, "tolerance": tol, "mask_area": float(m.mean()),
+            "hit_area": float(near.float().mean()),
+            "centroid_to_centre": float(((cy - (h - 1) / 2) ** 2
+                                         + (cx - (w - 1) / 2) ** 2).sqrt().mean()),
+            "centre_is_hit": float(near[:, (h - 1) // 2, (w - 1) // 2].float().mean())}
+
+
 def peaks_on_own_half(maps: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
     """B bools: does each map of a side-by-side composite peak on its class's half?
     `left[i]` is True when image i's class is the one on the left."""

@@ -38,21 +38,25 @@ def pointing_tolerance(height: int, width: int) -> int:
 
 
 def pointing_game(saliency: torch.Tensor, masks: torch.Tensor,
-                  tolerance: int | None = 15) -> torch.Tensor:
+                  tolerance: int | None = None) -> torch.Tensor:
     """B bools: is each map's maximum within `tolerance` px of its mask (B x H x W each)?
     `tolerance=None`: `pointing_tolerance` of the image size."""
     if saliency.shape != masks.shape:
         raise ValueError(f"saliency {tuple(saliency.shape)} and masks {tuple(masks.shape)} differ")
     if tolerance is None:
         tolerance = pointing_tolerance(*masks.shape[-2:])
-    masks = masks.bool()
-    if tolerance > 0:
-        kernel = _disk(tolerance, masks.device)[None, None]
-        grown = F.conv2d(masks[:, None].float(), kernel, padding=tolerance)[:, 0] > 0.5
-    else:
-        grown = masks
+    hits = grown(masks, tolerance)
     yx = _argmax_yx(saliency)
-    return grown[torch.arange(len(yx), device=yx.device), yx[:, 0], yx[:, 1]]
+    return hits[torch.arange(len(yx), device=yx.device), yx[:, 0], yx[:, 1]]
+
+
+def grown(masks: torch.Tensor, tolerance: int) -> torch.Tensor:
+    """N x H x W masks grown by a disk of radius `tolerance` px (the pointing game's hits)."""
+    masks = masks.bool()
+    if tolerance <= 0:
+        return masks
+    kernel = _disk(tolerance, masks.device)[None, None]
+    return F.conv2d(masks[:, None].float(), kernel, padding=tolerance)[:, 0] > 0.5
 
 
 def energy_in_mask(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ def _average_ranks(values: torch.Tensor) -> torch.Tensor:
     return (low + high - 1).double() / 2
 
 
-def parametrised_layers(model: nn.Module) -> list[str]:
+def parametrized_layers(model: nn.Module) -> list[str]:
     """Names of the modules that own weights, from the output back to the input."""
     names = [name for name, m in model.named_modules()
              if name and any(True for _ in m.parameters(recurse=False))]
@@ -37,7 +37,7 @@ def parametrised_layers(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def _reinitialise(module: nn.Module) -> None:
+def _reinitialize(module: nn.Module) -> None:
     if hasattr(module, "reset_parameters"):
         module.reset_parameters()
     else:
@@ -55,7 +55,7 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, target: torch.Ten
     parametrised layer). Returns {method: [1.0, after stage 1, after stage 2, ...]}.
     The targets stay the ones given, so every map explains the same class throughout.
     """
-    stages = stages or [[name] for name in parametrised_layers(model)]
+    stages = stages or [[name] for name in parametrized_layers(model)]
     original = {name: run_method(model, x, target, name, params)
                 for name, params in settings.items()}
     curves = {name: [1.0] for name in settings}
@@ -64,7 +64,7 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, target: torch.Ten
     torch.manual_seed(seed)
     for stage in stages:
         for layer in stage:
-            _reinitialise(modules[layer])
+            _reinitialize(modules[layer])
         for name, params in settings.items():
             maps = run_method(randomised, x, target, name, params)
             curves[name].append(float(spearman(original[name], maps).mean()))

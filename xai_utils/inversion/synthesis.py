@@ -134,7 +134,7 @@ def noise_like(x: torch.Tensor, model: nn.Module, seed: int = 0,
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shape = (x.shape[0], 1, *x.shape[2:]) if grey else x.shape
     u = torch.rand(shape, generator=gen, dtype=x.dtype).expand(x.shape).to(x.device)
-    return spec.normalise(u)
+    return spec.normalize(u)
 
 
 def isolate(model: nn.Module, x: torch.Tensor, boxes: Sequence[Box], *, mode: str = "noise",

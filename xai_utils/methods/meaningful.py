@@ -144,7 +144,7 @@ def blend(x: torch.Tensor, null: torch.Tensor, mask_up: torch.Tensor) -> torch.T
     return x + (1 - mask_up) * (null - x)
 
 
-def regularisers(mask: torch.Tensor, p: Preset) -> tuple[torch.Tensor, torch.Tensor]:
+def regularizers(mask: torch.Tensor, p: Preset) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image L1 of (1 - m) and TV_beta of the low-res mask, as the preset defines them."""
     gone = (1 - mask).abs().flatten(1)
     l1 = gone.mean(1) if p.l1_reduce == "mean" else gone.sum(1)
@@ -218,7 +218,7 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor,
                 inp = inp + noise_std * torch.randn((1, *x.shape[1:]), generator=gen,
                                                   device=x.device, dtype=x.dtype)
             prob = target_probability(model(channels_last(inp)), target)
-            l1, tv = regularisers(mask, p)
+            l1, tv = regularizers(mask, p)
             loss = p.l1 * l1 + p.tv * tv + prob
             opt.zero_grad()
             loss.sum().backward()
