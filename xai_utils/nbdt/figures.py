@@ -7,7 +7,7 @@ closed form for the whole batch: a convex polygon with n sides is the intersecti
 half-planes u cos a_k + v sin a_k <= R cos(pi / n), a_k = (2k + 1) pi / n, in the figure's
 rotated frame (v stretched by 1 / aspect for the rectangle and ellipse). `train` fits a
 small conv/BatchNorm/ReLU net in well under two minutes on a CPU; the induced hierarchy of
-its classifier then gets WordNet names such as "parallelogram" or "polygon".
+its classifier then gets WordNet names (notebook 05 prints the ones its run found).
 """
 
 from __future__ import annotations

@@ -29,15 +29,15 @@ def plot_path(tree, out, index: int = 0, mode: str = "hard", ax=None, title: str
         options = [int(r) for r in tree.children[node].tolist() if r >= 0]
         others = sorted((r for r in options if r != edge), key=lambda r: -float(probs[r]))
         if len(others) > 2:  # wide nodes (a flat tree): the two likeliest alternatives only
-            ax.text(2.6, -depth - 0.35, f"+{len(others) - 2} more", fontsize=7, ha="center")
+            ax.text(2.6, -depth - 0.35, f"+{len(others) - 2} more", fontsize=8, ha="center")
         for j, r in enumerate(others[:2]):
             x = 2.6 if j == 0 else -2.6
             ax.plot([0, x], [1 - depth, -depth], color="#aaaaaa", lw=1, ls="--", zorder=0)
             count = f"{n_below[r]} class" + ("es" if n_below[r] > 1 else "")
             ax.text(x, -depth, f"{tree.edge_names[r]}\n({count})", ha="center", va="center",
-                    fontsize=7, color="#555555",
+                    fontsize=8, color="#555555",
                     bbox=dict(boxstyle="round,pad=0.25", fc="#f2f2f2", ec="#bbbbbb"))
-            ax.text(x / 2 + 0.1, 0.5 - depth, f"{float(probs[r]):.1%}", fontsize=7,
+            ax.text(x / 2 + 0.1, 0.5 - depth, f"{float(probs[r]):.1%}", fontsize=8,
                     color="#777777", ha="left", va="center")
         color = "#d62728" if highlight == depth - 1 else "#1f5fbf"
         ax.plot([0, 0], [1 - depth, -depth], color=color, lw=2.5, zorder=0)
