@@ -67,6 +67,48 @@ def test_mask_generator_chunks_equal_one_mask_at_a_time():
         assert torch.equal(params.grad[i:i + 1], one.grad)
 
 
+def test_mask_generator_margin():
+    plain = ep.SmoothMaskGenerator((30, 30), step=5, sigma=10.0, dtype=torch.float64)
+    gen = ep.SmoothMaskGenerator((30, 30), step=5, sigma=10.0, margin=10, dtype=torch.float64)
+    assert gen.shape_in == (6, 6) and gen.shape_out == (50, 50)
+    torch.manual_seed(0)
+    params = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    full = gen(params)
+    assert full.shape == (2, 1, 50, 50)
+    torch.testing.assert_close(gen.crop(full), plain(params), rtol=0, atol=1e-12)
+    # with the margin, a parameter at the corner or an edge spreads as much mask as one
+    # inside (without it: 41 % and 64 %), so the area penalty pulls all of them alike
+    sums = []
+    for i, j in [(0, 0), (0, 3), (3, 3)]:
+        spot = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
+        spot[..., i, j] = 1
+        sums.append(gen(spot).sum())
+    assert sums[0] > 0.95 * sums[2] and sums[1] > 0.95 * sums[2]
+
+
+class Blind(nn.Module):
+    """Scores that ignore the input: only the area penalty shapes the mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 3) + 0 * x.sum((1, 2, 3))[:, None]
+
+
+def test_mask_not_drawn_to_the_border():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    expl = xu.explain("extremal_perturbation", Blind(), x, target=0, areas=[0.1, 0.3],
+                      steps=100, step=4, sigma=6.0, progress=False)
+    for m in expl.extras["masks"][0]:
+        inner = m[6:-6, 6:-6]
+        frame = (m.sum() - inner.sum()) / (m.numel() - inner.numel())
+        assert frame < 0.25 * inner.mean()
+        assert m[:4, :4].max() < 0.05
+
+
 def test_clamp_keeps_gradient_at_bounds():
     m = torch.tensor([0.0, 0.5, 1.0, 1.5], requires_grad=True)
     ep.clamp_unit(m).sum().backward()
@@ -76,6 +118,9 @@ def test_clamp_keeps_gradient_at_bounds():
 def test_area_reference():
     ref = ep.area_reference([0.25, 0.5], 8)
     assert ref.tolist() == [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]]
+    # a margin adds zeros only: the ones still count a of the image's pixels
+    ref = ep.area_reference([0.25, 0.5], 8, total=12)
+    assert ref.tolist() == [[0] * 10 + [1] * 2, [0] * 8 + [1] * 4]
 
 
 def test_batch_of_images_and_areas_equals_single_runs(tiny):
@@ -96,7 +141,9 @@ def test_batch_of_images_and_areas_equals_single_runs(tiny):
 @pytest.mark.parametrize("variant,areas", [("preserve", [0.1, 0.3, 0.5]), ("delete", [0.2])])
 def test_area_matches_request_after_optimisation(tiny, variant, areas):
     torch.manual_seed(2)
-    x = torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    # 32 px: at 24 px the margin (sigma = 6 px a side) is half the image, and a mask of half
+    # of it cannot keep clear of the margin, where its area is spent outside the image
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
     expl = xu.explain("extremal_perturbation", tiny, x, target=1, areas=areas, steps=200,
                       step=4, sigma=6.0, variant=variant, progress=False)
     achieved = expl.extras["achieved"][0]

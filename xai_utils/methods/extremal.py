@@ -5,14 +5,22 @@ requested area a, find the smooth mask m with area a that maximises the target's
 the perturbed input (the "preservation game", paper eq. 7 with the area constraint
 relaxed into the ranking penalty of eq. 8):
 
-    max_m  y_c(Phi(x; m)) - lambda * || sort(vec m) - r_a ||^2 / (H W),
+    max_m  y_c(Phi(x; m)) - lambda * || sort(vec m) - r_a ||^2 / (H' W'),
 
-where r_a holds (1 - a) H W zeros followed by a H W ones, and lambda grows by 0.35 % per
-step (from 300), so the area constraint tightens as the optimisation goes.
+where m is generated on the image plus a margin of `margin` px (default sigma) on every
+side, H' W' = (H + 2 margin)(W + 2 margin) pixels, r_a holds a H W ones after H' W' - a H W
+zeros, and lambda grows by 0.35 % per step (from 300), so the area constraint tightens as
+the optimisation goes. Only the image's part of m perturbs the input. The margin matters:
+a parameter at the border spreads its mask over fewer image pixels than one inside, so,
+counted on the image alone, the penalty pulls it down 2x (edges) to 4x (corners) less;
+these parameters then rank first and the penalty drives them to 1, leaving masks in the
+corners and along the borders whatever the model. With the margin every parameter covers
+the same number of pixels and pays for all of them.
 
-- Smooth masks (paper Sec. 3.3): parameters m_bar on a grid with `step` px spacing; every
-  pixel takes the smooth maximum (softmax-weighted mean, coldness 20) of its neighbouring
-  parameters times a flat-topped kernel exp(-2 max(d / sigma - 1/2, 0)^2) of their distance.
+- Smooth masks (paper Sec. 3.3): parameters m_bar on a grid with `step` px spacing (those
+  beyond the image held at 0); every pixel takes the smooth maximum (softmax-weighted mean,
+  coldness 20) of its neighbouring parameters times a flat-topped kernel
+  exp(-2 max(d / sigma - 1/2, 0)^2) of their distance.
 - Perturbation (blur pyramid): `levels` copies of the image blurred with sigma from
   `max_blur` down to 0; a mask value selects a level by linear interpolation (1 = image).
 - Optimiser and defaults as TorchRay's reference code: SGD lr 0.01, momentum 0.9 with
@@ -23,9 +31,12 @@ step (from 300), so the area constraint tightens as the optimisation goes.
 
 Where we depart: TorchRay explains one image at a time; here all images x all areas are
 optimised in one batch (the loss is a sum, SGD is element-wise, so each mask evolves as if
-alone). The area penalty is computed on the mask at image size (TorchRay's includes a
-margin of sigma px around it); the blur pads by reflection (TorchRay: zeros); the final
-clamp of the mask passes gradients at exactly 0 and 1, as older PyTorch versions did.
+alone). The area a counts image pixels (TorchRay's reference has a H' W' ones, so its
+masks cover about a H' W' / (H W) of the image: 0.135 for a = 0.1 at 224 px); the margin is
+symmetric (TorchRay's: sigma px before the image, sigma - step + 1 after it) and nodes sit
+at cell centres (TorchRay's: cell corners); the blur pads by reflection (TorchRay: zeros);
+the final clamp of the mask passes gradients at exactly 0 and 1, as older PyTorch versions
+did.
 The saliency is the sum of the masks over the requested areas (TorchRay's benchmark
 convention); with one area it is the mask itself.
 """
@@ -53,14 +64,19 @@ class SmoothMaskGenerator:
     """Parameters on a coarse grid (`step` px) -> smooth masks of size `shape`."""
 
     def __init__(self, shape: tuple[int, int], step: int = 7, sigma: float = 21.0,
-                 coldness: float = 20.0, device=None, dtype=torch.float32) -> None:
+                 coldness: float = 20.0, margin: int = 0, device=None,
+                 dtype=torch.float32) -> None:
         self.shape, self.step, self.sigma, self.coldness = tuple(shape), int(step), sigma, coldness
+        self.margin = int(margin)
         self.shape_in = tuple(math.ceil(s / self.step) for s in self.shape)
+        self.shape_out = tuple(s + 2 * self.margin for s in self.shape)
         self.radius = 1 + math.ceil(sigma / self.step)
+        # parameter cells (held at 0) beyond the image, enough to cover the margin
+        self.pad = math.ceil(self.margin / self.step)
         offsets = torch.arange(-self.radius, self.radius + 1, device=device, dtype=dtype)
         axes = []
         for size in self.shape:
-            pix = torch.arange(size, device=device, dtype=dtype)
+            pix = torch.arange(-self.margin, size + self.margin, device=device, dtype=dtype)
             cell = torch.div(pix, self.step, rounding_mode="floor")
             centre = (cell[None] + offsets[:, None]) * self.step + (self.step - 1) / 2
             axes.append(pix[None] - centre)                      # (2r + 1) x size
@@ -69,7 +85,9 @@ class SmoothMaskGenerator:
         self.weight = torch.exp(-2 * z**2).flatten(0, 1)[None]   # 1 x K x H x W
 
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
-        """N x 1 x h_in x w_in parameters -> N x 1 x H x W masks in [0, 1].
+        """N x 1 x h_in x w_in parameters -> N x 1 x (H + 2 margin) x (W + 2 margin) masks in
+        [0, 1]: the image's pixels (`crop`) and a frame of `margin` px around them, where the
+        masks of the parameters at the image's border fade out.
 
         The K x H x W neighbour tensors are memory-bound: on a CPU they are built a few masks
         at a time (about 4M values, one 224 px mask), so the cost grows linearly with the
@@ -80,12 +98,19 @@ class SmoothMaskGenerator:
         if len(params) > per:
             return torch.cat([self(params[i:i + per]) for i in range(0, len(params), per)])
         k = 2 * self.radius + 1
-        near = F.unfold(params, k, padding=self.radius)
-        near = near.view(len(params), k * k, *self.shape_in)
+        near = F.unfold(params, k, padding=self.radius + self.pad)
+        near = near.view(len(params), k * k, *(s + 2 * self.pad for s in self.shape_in))
         near = near.repeat_interleave(self.step, 2).repeat_interleave(self.step, 3)
-        near = near[..., :self.shape[0], :self.shape[1]] * self.weight
+        start = self.pad * self.step - self.margin
+        near = near[..., start:start + self.shape_out[0], start:start + self.shape_out[1]]
+        near = near * self.weight
         smooth_max = (near * (self.coldness * near).softmax(dim=1)).sum(1, keepdim=True)
         return clamp_unit(smooth_max)
+
+    def crop(self, masks: torch.Tensor) -> torch.Tensor:
+        """The image's part (N x 1 x H x W) of masks from `__call__`."""
+        m = self.margin
+        return masks[..., m:m + self.shape[0], m:m + self.shape[1]]
 
 
 def blur_pyramid(x: torch.Tensor, levels: int = 8, max_blur: float = 20.0) -> torch.Tensor:
@@ -108,11 +133,14 @@ def apply_pyramid(pyramid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (1 - frac) * y0 + frac * y1
 
 
-def area_reference(areas, size: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """A x size: (1 - a) * size zeros followed by ones (the sorted ideal mask)."""
-    ref = torch.ones(len(areas), size, device=device, dtype=dtype)
+def area_reference(areas, size: int, device=None, dtype=torch.float32,
+                   total: int | None = None) -> torch.Tensor:
+    """A x total (default: size): zeros followed by the a * size ones of the sorted ideal
+    mask; with total > size the extra zeros are the margin around the image."""
+    total = size if total is None else total
+    ref = torch.zeros(len(areas), total, device=device, dtype=dtype)
     for i, a in enumerate(areas):
-        ref[i, :int(size * (1 - a))] = 0
+        ref[i, total - (size - int(size * (1 - a))):] = 1
     return ref
 
 
@@ -132,7 +160,8 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, areas=(0
                           levels: int = 8, max_blur: float = 20.0, lr: float = 0.01,
                           momentum: float = 0.9, regul: float = 300.0, growth: float = 1.0035,
                           jitter: bool = True, variant: str = "preserve",
-                          reward: str = "simple", progress: bool = True) -> Explanation:
+                          reward: str = "simple", margin: int | None = None,
+                          progress: bool = True) -> Explanation:
     """One mask per image and area, all optimised together; see the module docstring.
 
     extras: masks (B x A x H x W), areas, achieved (B x A mask means), reward / regul
@@ -147,10 +176,13 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, areas=(0
     b, _, h, w = x.shape
     n_a = len(areas)
     x = x.detach()
-    gen = SmoothMaskGenerator((h, w), step, sigma, device=x.device, dtype=x.dtype)
+    margin = round(sigma) if margin is None else int(margin)
+    gen = SmoothMaskGenerator((h, w), step, sigma, margin=margin, device=x.device,
+                              dtype=x.dtype)
     pyramid = blur_pyramid(x, levels, max_blur).repeat_interleave(n_a, 0)
     tgt = target.repeat_interleave(n_a)
-    ref = area_reference(areas, h * w, x.device, x.dtype).repeat(b, 1)
+    ref = area_reference(areas, h * w, x.device, x.dtype,
+                         total=math.prod(gen.shape_out)).repeat(b, 1)
     params = torch.ones(b * n_a, 1, *gen.shape_in, device=x.device, dtype=x.dtype,
                         requires_grad=True)
     opt = torch.optim.SGD([params], lr=lr, momentum=momentum, dampening=momentum)
@@ -159,14 +191,15 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, areas=(0
     with frozen(model):
         for t in tqdm(range(steps), desc="extremal perturbation", disable=not progress,
                       leave=False):
-            mask = gen(params)
+            full = gen(params)
+            mask = gen.crop(full)
             inp = apply_pyramid(pyramid, mask if variant == "preserve" else 1 - mask)
             if jitter and t % 2 == 0:
                 inp = inp.flip(3)
             gain = _reward(model(channels_last(inp)), tgt, reward)
             if variant == "delete":
                 gain = -gain
-            penalty = weight * (mask.flatten(1).sort(1).values - ref).pow(2).mean(1)
+            penalty = weight * (full.flatten(1).sort(1).values - ref).pow(2).mean(1)
             opt.zero_grad()
             (penalty - gain).sum().backward()
             opt.step()
@@ -175,7 +208,7 @@ def extremal_perturbation(model, x: torch.Tensor, target: torch.Tensor, areas=(0
                 curves[:, :, t] = torch.stack([gain, -penalty]).detach()
             weight *= growth
     with torch.no_grad():
-        mask = gen(params.detach())
+        mask = gen.crop(gen(params.detach()))
         perturbed = apply_pyramid(pyramid, mask if variant == "preserve" else 1 - mask)
         p_img = target_probability(model(x), target)[:, None]
         p_pert = target_probability(model(perturbed), tgt)
