@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[notebooks,test]"
+	# TorchRay, the reference for extremal perturbation: its attribution code needs only torch,
+	# and its declared dependencies (pymongo, ...) are not wanted here
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps torchray==1.0.0.2
 	$(BIN)/python scripts/install_wordnet.py
 	touch $(STAMP)
 

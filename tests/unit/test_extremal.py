@@ -161,3 +161,29 @@ def test_bad_parameters(tiny):
         xu.explain("extremal_perturbation", tiny, x, variant="dual")
     with pytest.raises(ValueError, match="reward"):
         xu.explain("extremal_perturbation", tiny, x, steps=1, reward="log", progress=False)
+
+
+def test_agrees_with_torchray_on_shapes(shapes_model):
+    """TorchRay's extremal perturbation is the oracle: on two shapes images our masks keep
+    much the same region as its masks (top-area overlap), at the area its masks achieve, and
+    preserve the target logit (the reward both maximise) at least about as well."""
+    pytest.importorskip("torchray")
+    from xai_utils.data import shapes
+    from xai_utils.evaluation import references as ref
+
+    data = shapes.generate(2, seed=3)
+    theirs = ref.extremal_torchray(shapes_model, data.images, data.labels, [0.1], steps=150,
+                                   step=7, sigma=14)[:, 0]
+    area = float(theirs.mean())
+    ours = xu.explain("extremal_perturbation", shapes_model, data.images, data.labels,
+                      areas=[area], steps=150, step=7, sigma=14.0,
+                      progress=False).extras["masks"][:, 0]
+    assert (ours.mean((1, 2)) - area).abs().max() < 0.05
+    assert float(ref.top_overlap(ours, theirs, area).mean()) > 0.4
+    pyramid = ep.blur_pyramid(data.images)
+    with torch.no_grad():
+        def kept(m):
+            out = shapes_model(ep.apply_pyramid(pyramid, m[:, None]))
+            return out.gather(1, data.labels[:, None])[:, 0]
+        full = shapes_model(data.images).gather(1, data.labels[:, None])[:, 0]
+        assert (kept(ours) >= kept(theirs) - 0.1 * full.abs()).all()

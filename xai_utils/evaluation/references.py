@@ -1,7 +1,8 @@
 """The same explanations computed by the reference libraries, for agreement and speed checks.
 
 Each function takes our model, a batch and its targets, runs the reference implementation
-(pytorch-grad-cam, Captum or Zennit, installed with the `test` extra) with the settings that
+(pytorch-grad-cam, Captum or Zennit, installed with the `test` extra; TorchRay's extremal
+perturbation, installed by `make setup` without its dependencies) with the settings that
 our own call uses, and returns B x H x W maps at input resolution. `compare` times ours and
 theirs in one interleaved run and reports the Pearson correlation of the maps.
 """
@@ -95,6 +96,35 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
     return float(r.mean())
+
+
+def extremal_torchray(model: nn.Module, x: torch.Tensor, target: torch.Tensor, areas,
+                      steps: int = 800, **params) -> torch.Tensor:
+    """TorchRay's `extremal_perturbation` (preservation game), one image at a time as it
+    requires: B x A x H x W masks. Extra keyword arguments go to TorchRay (step, sigma, ...).
+    The model's `requires_grad` flags, which TorchRay turns off, are restored."""
+    from torchray.attribution.extremal_perturbation import extremal_perturbation
+
+    flags = [q.requires_grad for q in model.parameters()]
+    try:
+        masks = [extremal_perturbation(model, x[i:i + 1], int(target[i]), areas=list(areas),
+                                       max_iter=steps, **params)[0][:, 0]
+                 for i in range(len(x))]
+    finally:
+        for q, flag in zip(model.parameters(), flags, strict=True):
+            q.requires_grad_(flag)
+    return torch.stack(masks).detach()
+
+
+def top_overlap(a: torch.Tensor, b: torch.Tensor, area: float) -> torch.Tensor:
+    """Intersection over union of the `area` fraction of highest pixels of maps a and b
+    (B x H x W each): how far two masks keep the same region."""
+    k = max(1, int(area * a[0].numel()))
+    keep_a = torch.zeros_like(a.flatten(1), dtype=torch.bool)
+    keep_b = torch.zeros_like(keep_a)
+    keep_a.scatter_(1, a.flatten(1).topk(k, dim=1).indices, True)
+    keep_b.scatter_(1, b.flatten(1).topk(k, dim=1).indices, True)
+    return (keep_a & keep_b).sum(1) / (keep_a | keep_b).sum(1)
 
 
 def compare(ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor],
