@@ -8,7 +8,7 @@ window, stride, baseline and number of images per forward pass (Captum applies e
 perturbation to the whole batch, so it gets batch // images perturbations per evaluation;
 target: at least 2x faster), both against one plain forward+backward pass of the batch;
 and the exhaustive metrics for 10 features (1024 occluded subsets, pixelisation, then
-`analyse`) against 1024 plain forward passes in the same batches, memory format and
+`analyze`) against 1024 plain forward passes in the same batches, memory format and
 BatchNorm merge (target: within 1.2x). Our occlusion feeds the model channels-last batches
 with its BatchNorms merged into the layers before them (the same outputs, faster forwards on
 a CPU) and recomputes only each window's receptive field until global pooling (incremental
@@ -102,7 +102,7 @@ def main() -> None:
 
     def metrics():
         probs = fx.evaluate(model, one, masks, chosen, "pixelate", batch_size=args.batch)
-        fx.analyse(probs, chosen)
+        fx.analyze(probs, chosen)
 
     low, high = fx.pixel_range(model)
 
@@ -115,7 +115,7 @@ def main() -> None:
                              repeats=args.repeat, warmup=0)
     print("\nexhaustive metrics, 10 features = 1024 subsets (pixelate, k=4)")
     print(f"{'1024 plain forwards':<28}{t_fw:9.3f}")
-    print(f"{'occlude + forward + analyse':<28}{t_me:9.3f}   ratio {t_me / t_fw:.2f}")
+    print(f"{'occlude + forward + analyze':<28}{t_me:9.3f}   ratio {t_me / t_fw:.2f}")
     print(f"{'occlusion alone (1024)':<28}{t_oc:9.3f}")
 
 

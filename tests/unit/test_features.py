@@ -168,7 +168,7 @@ def test_metrics_on_hand_made_predictions():
     conf = torch.tensor([0.9, 0.8, 0.5, 0.3, 0.85, 0.6, 0.45, 0.2], dtype=torch.float64)
     p[:, 0] = conf
     p[:, 1] = 1 - conf
-    r = fx.analyse(p, chosen)
+    r = fx.analyze(p, chosen)
     assert r["original_class"] == 0 and r["most_important"] == 1
     assert r["largest_change"]["occluded"] == [0, 1, 2]
     assert r["largest_change"]["change"] == pytest.approx(0.7)

@@ -9,7 +9,7 @@ from xai_utils.features.clusters import (
     extract,
     offsets,
 )
-from xai_utils.features.metrics import analyse, evaluate, subset_index
+from xai_utils.features.metrics import analyze, evaluate, subset_index
 from xai_utils.features.occluder import (
     STRATEGIES,
     Occluder,
@@ -22,7 +22,7 @@ from xai_utils.features.occluder import (
 from xai_utils.features.tool import OcclusionTool, label_image
 
 __all__ = [
-    "STRATEGIES", "Features", "OcclusionTool", "Occluder", "analyse", "block_maps", "box_masks",
+    "STRATEGIES", "Features", "OcclusionTool", "Occluder", "analyze", "block_maps", "box_masks",
     "connected_components", "drop_small", "evaluate", "extract", "label_image", "occlude",
     "offsets", "pixel_range", "subset_index", "subsets",
 ]

@@ -1,7 +1,7 @@
 """The metrics of feature occlusion (Dowling 2018, "Deep Introspection", MEng thesis, 3.5).
 
 `evaluate` occludes many feature subsets (`subsets`) and runs them through the
-model in large batches; `analyse` reads the four metrics off those predictions:
+model in large batches; `analyze` reads the four metrics off those predictions:
 
 - largest change of confidence (3.5.1): the subset whose occlusion lowers the original
   class's probability most (exhaustive over 2^n subsets for n <= 12, sampled beyond);
@@ -47,7 +47,7 @@ def _subset_list(row: torch.Tensor) -> list[int]:
     return row.nonzero()[:, 0].tolist()
 
 
-def analyse(probs: torch.Tensor, chosen: torch.Tensor, target: int | None = None) -> dict:
+def analyze(probs: torch.Tensor, chosen: torch.Tensor, target: int | None = None) -> dict:
     """The four metrics of thesis 3.5 from subset predictions (row 0..M-1 of `chosen`).
 
     The unoccluded image must be among the subsets (the empty row). `target`: the class

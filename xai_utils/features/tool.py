@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from xai_utils.features.metrics import analyse, subset_index
+from xai_utils.features.metrics import analyze, subset_index
 from xai_utils.features.occluder import Occluder, pixel_range, subsets
 
 
@@ -70,7 +70,7 @@ class OcclusionTool:
 
         from xai_utils.data.classes import class_name
 
-        drops = analyse(self.probs, subsets(self.masks.shape[0]))["single_drops"]
+        drops = analyze(self.probs, subsets(self.masks.shape[0]))["single_drops"]
         boxes = [widgets.Checkbox(value=False, description=f"feature {f + 1} "
                                   f"(drop {drops[f]:+.2f})", indent=False)
                  for f in self.order]

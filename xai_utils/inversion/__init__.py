@@ -25,12 +25,12 @@ from xai_utils.inversion.synthesis import (
     natural_bound,
     natural_centre,
     noise_like,
-    synthesise,
+    synthesize,
 )
 
 __all__ = [
     "Box", "Result", "alpha_norm", "alpha_norm_grad", "boundary_target", "bounding_box",
     "clamp_pixels", "error_stats", "feature_boxes", "invert", "invert_target", "isolate",
     "layer_outputs", "layer_stride", "natural_bound", "natural_centre", "noise_like",
-    "representation", "run", "synthesise", "tv_prior", "tv_prior_grad",
+    "representation", "run", "synthesize", "tv_prior", "tv_prior_grad",
 ]

@@ -3,7 +3,7 @@
 - `invert`: pre-images of any named layer (Mahendran & Vedaldi, CVPR 2015 / IJCV 2016; "Deep
   Introspection" ch. 4.2), several restarts from fresh noise optimised together as one
   batch. The objective, regularisers and optimiser live in `preimage.py`.
-- `synthesise`: feature synthesis ("Deep Introspection" ch. 4.3): keep one feature's
+- `synthesize`: feature synthesis ("Deep Introspection" ch. 4.3): keep one feature's
   bounding box, fill the rest with noise (option: centre the box, or resize the box to the
   whole input, the thesis's two variants), take its representation at a deep layer and
   invert it.
@@ -161,7 +161,7 @@ def isolate(model: nn.Module, x: torch.Tensor, boxes: Sequence[Box], *, mode: st
     return out
 
 
-def synthesise(model: nn.Module, x: torch.Tensor, boxes: Sequence[Box], layer: str, *,
+def synthesize(model: nn.Module, x: torch.Tensor, boxes: Sequence[Box], layer: str, *,
                mode: str = "noise", noise_seed: int = 0, **kw) -> tuple[torch.Tensor, Result]:
     """Feature synthesis: the isolated inputs and the pre-images of their representations
     at `layer` (`restarts` per feature; keyword arguments as in `invert_target`)."""
