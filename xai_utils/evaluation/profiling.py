@@ -79,29 +79,20 @@ def profile(fn, device: torch.device, repeats: int = 3, slow: float = 1.0) -> di
     """Median seconds of `fn()` over `repeats` runs after one warm-up (one run when the
     warm-up took over `slow` s), and the peak memory those runs added (MB): CUDA's allocator
     peak on a GPU, sampled resident memory on the CPU."""
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    if time.perf_counter() - start > slow:
+    if timed([fn], device, repeats=1, warmup=0)[0] > slow:
         repeats = 1
     gc.collect()
     _release_freed_memory()
-    times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     with _PeakRSS() as watch:
-        for _ in range(repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
+        seconds = timed([fn], device, repeats=repeats, warmup=0, reduce=statistics.median)[0]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
         peak = watch.peak - watch.start
-    return {"seconds": statistics.median(times), "peak_mb": peak / 2**20}
+    return {"seconds": seconds, "peak_mb": peak / 2**20}
 
 
 def forward_backward(model: nn.Module, x: torch.Tensor, target: torch.Tensor):

@@ -10,7 +10,6 @@ theirs in one interleaved run and reports the Pearson correlation of the maps.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_utils.core.hooks import get_layer
-from xai_utils.evaluation.profiling import synchronize
+from xai_utils.evaluation.profiling import timed
 from xai_utils.methods.cam import default_layer
 
 
@@ -131,14 +130,7 @@ def compare(ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.Tensor]
             repeats: int = 3) -> dict[str, float]:
     """Pearson r of the two maps and their median times, measured interleaved in one run."""
     a, b = ours(), theirs()  # also the warm-up
-    times: dict[str, list[float]] = {"ours": [], "theirs": []}
-    for _ in range(repeats):
-        for key, fn in (("ours", ours), ("theirs", theirs)):
-            synchronize(a.device)
-            start = time.perf_counter()
-            fn()
-            synchronize(a.device)
-            times[key].append(time.perf_counter() - start)
-    t_ours, t_theirs = (statistics.median(times[k]) for k in ("ours", "theirs"))
+    t_ours, t_theirs = timed([ours, theirs], a.device, repeats=repeats, warmup=0,
+                             reduce=statistics.median)
     return {"pearson": pearson(a, b), "ours_s": t_ours, "theirs_s": t_theirs,
             "speedup": t_theirs / t_ours}
