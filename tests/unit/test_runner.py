@@ -1,0 +1,231 @@
+"""Whole datasets: readers, the zarr store, resume, bad data, torchrun, scoring."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+import xai_utils as xu
+from xai_utils.evaluation import metrics
+from xai_utils.runner import RunMismatchError
+from xai_utils.runner.datasets import read_source
+from xai_utils.runner.samples import BROKEN, write_shapes_voc
+from xai_utils.runner.score import box_mask, score_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def store_files(path: Path) -> dict[str, bytes]:
+    """Every file of a store, by relative path: bit-for-bit comparison."""
+    return {p.relative_to(path).as_posix(): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    return write_shapes_voc(tmp_path_factory.mktemp("voc"), 24, broken=True, modes=True)
+
+
+def test_store_reads_with_plain_zarr_and_equals_explain(shapes_model, tmp_path):
+    out = tmp_path / "maps.zarr"
+    summary = xu.explain_dataset("gradcam", shapes_model, "shapes:40", out, batch_size=16,
+                                 dtype="float32", progress=False)
+    assert (summary.done, summary.skipped, summary.failed) == (40, 0, 0)
+    g = zarr.open_group(out, mode="r")
+    assert g["maps"].shape == (40, 112, 112) and g["maps"].dtype == np.float32
+    assert g["maps"].chunks == (16, 112, 112)
+    assert g["done"][:].tolist() == [1, 1, 1]
+    assert list(g["file"][:3]) == ["shapes:000000", "shapes:000001", "shapes:000002"]
+    run = g.attrs["run"]
+    assert (run["method"], run["model"], len(run["weights"])) == ("gradcam", "shapes_vgg", 16)
+    assert set(g.attrs["versions"]) == {"xai_utils", "torch", "zarr", "numpy"}
+    # the same maps as xu.explain on the same batch
+    data = xu.data.shapes.generate(40, seed=0)
+    x = xu.preprocess(list(data.images[16:32]), shapes_model)
+    expl = xu.explain("gradcam", shapes_model, x)
+    np.testing.assert_array_equal(g["maps"][16:32], expl.saliency.numpy())
+    np.testing.assert_array_equal(g["target"][16:32], expl.target.numpy())
+    np.testing.assert_array_equal(g["predicted"][:], g["target"][:])
+    assert g["errors/file"].shape == (0,)
+
+
+def test_bad_files_land_in_the_error_table_only(shapes_model, voc, tmp_path):
+    out = tmp_path / "voc.zarr"
+    s = xu.explain_dataset("gradcam", shapes_model, voc, out, target="label", batch_size=8,
+                           progress=False)
+    g = zarr.open_group(out, mode="r")
+    errors = {Path(str(f)).name: str(r) for f, r in zip(g["errors/file"][:],
+                                                         g["errors/reason"][:], strict=True)}
+    assert set(errors) == set(BROKEN)
+    assert "truncated" in errors["broken_truncated.png"]
+    assert "not an image" in errors["broken_text.jpg"]
+    assert "8x8 px" in errors["broken_tiny.png"]
+    assert (s.done, s.skipped, s.failed, s.items) == (24, 4, 0, 28)
+    status, files = g["status"][:], g["file"][:]
+    bad = np.array([Path(str(f)).name in BROKEN for f in files])
+    assert (status[bad] == 2).all() and (status[~bad] == 1).all()
+    assert sorted(g["errors/index"][:].tolist()) == np.flatnonzero(bad).tolist()
+    maps = g["maps"][:]
+    assert np.isnan(maps[bad]).all() and np.isfinite(maps[~bad]).all()
+    assert (g["target"][:][bad] == -1).all()
+    # L, RGBA, P and CMYK files were converted and explained
+    assert {"shape_00000.png", "shape_00003.jpg"} <= {Path(str(f)).name for f in files[~bad]}
+    np.testing.assert_array_equal(g["target"][:][~bad], g["label"][:][~bad])
+
+
+def test_changed_run_refuses_to_append(shapes_model, tmp_path):
+    out = tmp_path / "maps.zarr"
+    xu.explain_dataset("gradcam", shapes_model, "shapes:8", out, batch_size=4, progress=False)
+    with pytest.raises(RunMismatchError, match="params.*relu.*overwrite"):
+        xu.explain_dataset("gradcam", shapes_model, "shapes:8", out, batch_size=4,
+                           progress=False, relu=False)
+    with pytest.raises(RunMismatchError, match="method"):
+        xu.explain_dataset("gradient", shapes_model, "shapes:8", out, batch_size=4,
+                           progress=False)
+    other = xu.load_model("shapes_vgg", pretrained=False)
+    with pytest.raises(RunMismatchError, match="weights"):
+        xu.explain_dataset("gradcam", other, "shapes:8", out, batch_size=4, progress=False)
+    xu.explain_dataset("gradient", shapes_model, "shapes:8", out, batch_size=4,
+                       progress=False, overwrite=True)
+    assert zarr.open_group(out, mode="r").attrs["run"]["method"] == "gradient"
+
+
+def test_unflagged_chunks_are_redone_bit_for_bit(shapes_model, tmp_path):
+    full, part = tmp_path / "full.zarr", tmp_path / "part.zarr"
+    for out in (full, part):
+        xu.explain_dataset("gradcam", shapes_model, "shapes:20", out, batch_size=4,
+                           progress=False)
+    g = zarr.open_group(part, mode="r+")
+    g["done"][1:3] = 0  # as if killed while writing chunk 1, before flagging 2
+    g["maps"][4:6] = 0.0  # a half-written chunk
+    g.attrs["summary"] = {}
+    s = xu.explain_dataset("gradcam", shapes_model, "shapes:20", part, batch_size=4,
+                           progress=False)
+    assert s.explained_now == 8
+    assert store_files(part) == store_files(full)
+
+
+def _write_images(root: Path, names: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / name)
+
+
+def test_every_input_format_is_read(tmp_path, voc, shapes_model):
+    _write_images(tmp_path / "flat", ["a.png", "sub/b.jpg", "sub/deeper/c.png"])
+    (tmp_path / "flat" / "notes.txt").write_text("ignored")
+    src = read_source(tmp_path / "flat")
+    assert [i.file for i in src.items] == ["a.png", "sub/b.jpg", "sub/deeper/c.png"]
+    assert {i.label for i in src.items} == {-1}
+    _write_images(tmp_path / "folders", ["ellipse/1.png", "quadrilateral/2.png", "ellipse/3.png"])
+    src = read_source(tmp_path / "folders", ("quadrilateral", "ellipse"))
+    assert [(i.file, i.label) for i in src.items] == [
+        ("ellipse/1.png", 1), ("ellipse/3.png", 1), ("quadrilateral/2.png", 0)]
+    (tmp_path / "list.csv").write_text("file,target\nflat/a.png,3\nflat/sub/b.jpg,ellipse\n")
+    src = read_source(tmp_path / "list.csv", ("quadrilateral", "ellipse"))
+    assert [(i.file, i.label) for i in src.items] == [("flat/a.png", 3), ("flat/sub/b.jpg", 1)]
+    (tmp_path / "list.json").write_text(json.dumps([{"file": "flat/a.png", "target": 2},
+                                                    ["flat/sub/b.jpg", 0]]))
+    assert [i.label for i in read_source(tmp_path / "list.json").items] == [2, 0]
+    coco = {"images": [{"id": 7, "file_name": "flat/a.png", "height": 20, "width": 24}],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+            "annotations": [{"image_id": 7, "category_id": 2, "bbox": [1, 2, 3, 4]},
+                            {"image_id": 7, "category_id": 1, "bbox": [0, 0, 2, 2]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    src = read_source(tmp_path / "coco.json")
+    assert [(i.label, i.boxes) for i in src.items] == [(0, [(0, 0, 2, 2)]), (1, [(1, 2, 4, 6)])]
+    assert all(i.difficult for i in src.items)  # small boxes with a distractor class
+    src = read_source(voc, ("quadrilateral", "ellipse"))
+    assert len(src.items) == 28 and all(len(i.boxes) == 1 for i in src.items)
+    first = ET_first(voc)
+    assert src.items[4].boxes[0] == (first[0] - 1, first[1] - 1, first[2], first[3])
+    shapes = read_source("shapes:5:3", ("quadrilateral", "ellipse"))
+    data = xu.data.shapes.generate(5, seed=3 * 1_000_003)
+    assert [i.label for i in shapes.items] == data.labels.tolist()
+    ys, xs = np.nonzero(data.masks[2].numpy())
+    assert shapes.items[2].boxes == [(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)]
+    dataset = torch.utils.data.TensorDataset(data.images, data.labels)
+    s = xu.explain_dataset("gradcam", shapes_model, dataset, tmp_path / "ds.zarr",
+                           target="label", batch_size=2, progress=False)
+    g = zarr.open_group(tmp_path / "ds.zarr", mode="r")
+    assert s.done == 5 and g["target"][:].tolist() == data.labels.tolist()
+
+
+def ET_first(voc: Path) -> tuple[float, ...]:
+    import xml.etree.ElementTree as ET
+    box = ET.parse(voc / "Annotations" / "shape_00000.xml").getroot().find("object/bndbox")
+    return tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+
+
+def test_box_mask_and_pointing_score(shapes_model, tmp_path):
+    # a 2x upscale (crop_pct 1): box [10, 20) x [4, 8) in the original covers map [20, 40) x
+    # [8, 16); map pixel centres are mapped back before the test
+    mask = box_mask(np.array([[10.0, 4.0, 20.0, 8.0]]), 56, 56, 112, 1.0)
+    expected = torch.zeros(112, 112, dtype=torch.bool)
+    expected[8:16, 20:40] = True
+    assert torch.equal(mask, expected)
+    out = tmp_path / "s.zarr"
+    xu.explain_dataset("gradcam", shapes_model, "shapes:12", out, batch_size=4, progress=False)
+    scores = score_store(out, ["pointing", "energy"], progress=False)
+    g = zarr.open_group(out, mode="r")
+    sal = torch.from_numpy(g["maps"][:].astype(np.float32))
+    masks = torch.stack([box_mask(g["boxes"][:][g["boxes"][:, 0] == i, 1:], 112, 112, 112, 1.0)
+                         for i in range(12)])
+    hits = metrics.pointing_game(sal, masks, tolerance=15).float().numpy()
+    assert [r["pointing"] for r in scores.rows] == hits.tolist()
+    np.testing.assert_allclose([r["energy"] for r in scores.rows],
+                               metrics.energy_in_mask(sal, masks).numpy(), rtol=1e-6)
+    targets = g["target"][:]  # TorchRay's accuracy: the mean of the per-class hit rates
+    per_class = [hits[targets == c].mean() for c in np.unique(targets)]
+    assert scores.table[0]["all"] == pytest.approx(np.mean(per_class))
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return ["-m", "xai_utils", "explain", "--method", "gradcam", "--model", "shapes_vgg",
+            "--data", "shapes:320", "--out", str(out), "--batch-size", "8", "--workers", "0",
+            "--no-progress", *extra]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "XAI_DEVICE": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    subprocess.run([sys.executable, *_cli(out)], check=True, env=ENV, cwd=REPO)
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted(reference, tmp_path):
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, *_cli(out)], env=ENV, cwd=REPO)
+    done_dir = out / "done" / "c"
+    while proc.poll() is None and not (done_dir.exists() and len(list(done_dir.iterdir())) >= 4):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    flags = zarr.open_group(out, mode="r")["done"][:]
+    assert 4 <= flags.sum() < len(flags)  # killed part-way
+    subprocess.run([sys.executable, *_cli(out)], check=True, env=ENV, cwd=REPO)
+    assert store_files(out) == store_files(reference)
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_equal_one(reference, tmp_path):
+    out = tmp_path / "two.zarr"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2",
+                             *_cli(out)[1:]], env=ENV, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert store_files(out) == store_files(reference)

@@ -1,0 +1,140 @@
+"""The command line: `python -m xai_utils explain|score ...` (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EPILOG = """\
+inputs (--data): a folder of images (recursive); an ImageFolder layout (labels from the
+sub-folder names); a .csv (header: file,target) or .json list of files with targets; a
+folder of Pascal VOC XML annotations (Annotations/ + JPEGImages/, or .xml next to the
+images); a COCO .json; shapes:N[:SEED] (the generated shapes task).
+
+several processes (each explains its own chunks; same store, same result):
+  torchrun --standalone --nproc_per_node=4 -m xai_utils explain --method gradcam \\
+      --model efficientnet_lite0 --data DIR --out maps.zarr
+several nodes (run on every node; NODE_RANK 0..N-1, HOST:PORT reachable from all):
+  torchrun --nnodes=2 --nproc_per_node=8 --node_rank=$NODE_RANK \\
+      --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --rdzv_id=run1 \\
+      -m xai_utils explain --method gradcam --model efficientnet_lite0 --data DIR \\
+      --out /shared/maps.zarr
+gloo is used on CPU, NCCL on GPUs (one GPU per process, cuda:LOCAL_RANK). Re-running the
+same command continues an interrupted run; --overwrite replaces a different one.
+
+examples:
+  python -m xai_utils explain --method gradcam --model shapes_vgg --data shapes:2000 \\
+      --out shapes.zarr --target label
+  python -m xai_utils score shapes.zarr --metrics pointing,energy,deletion,insertion
+"""
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--param expects NAME=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        params[key] = _value(value)
+    return params
+
+
+def _target(text: str):
+    return text if text in ("top", "label") else int(text)
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name:
+        return name
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return "cpu"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m xai_utils", epilog=EPILOG,
+                                description="Explain and score whole datasets.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("explain", help="explain every image of a dataset into a zarr store",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--method", required=True, help="a name from xu.methods(), e.g. gradcam")
+    e.add_argument("--model", default="efficientnet_lite0",
+                   help="a name for xu.load_model (default: efficientnet_lite0)")
+    e.add_argument("--data", required=True, help="the dataset (see 'inputs' below)")
+    e.add_argument("--out", required=True, help="the zarr store to write or continue")
+    e.add_argument("--target", type=_target, default="top",
+                   help="top (predicted class), label (the dataset's) or a class index")
+    e.add_argument("--batch-size", type=int, default=32,
+                   help="items per batch, also one zarr chunk (default 32)")
+    e.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    e.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                   help="how maps are stored (default float16)")
+    e.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method parameter, repeatable; VALUE is read as JSON when it parses")
+    e.add_argument("--seed", type=int, default=0, help="base of the per-chunk seeds")
+    e.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if any, else cpu")
+    e.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    s = sub.add_parser("score", help="score the maps of a store",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("store", help="a store written by 'explain'")
+    s.add_argument("--metrics", default="pointing,energy",
+                   help="comma-separated: pointing, energy, deletion, insertion")
+    s.add_argument("--out", default=None,
+                   help="prefix of the .csv (per item) and .md (table); default: STORE_scores")
+    s.add_argument("--tolerance", type=int, default=15,
+                   help="pointing game tolerance in original image pixels (default 15)")
+    s.add_argument("--steps", type=int, default=32, help="deletion/insertion steps (default 32)")
+    s.add_argument("--batch-size", type=int, default=64,
+                   help="model inputs per forward pass in deletion/insertion (default 64)")
+    s.add_argument("--data", default=None, help="where the images are now, if they moved")
+    s.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if any, else cpu")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "explain":
+        from xai_utils.data.models import load_model
+        from xai_utils.runner.run import explain_dataset
+
+        model = load_model(args.model, device_=_device(args.device))
+        summary = explain_dataset(args.method, model, args.data, args.out, target=args.target,
+                                  batch_size=args.batch_size, num_workers=args.workers,
+                                  dtype=args.dtype, overwrite=args.overwrite, seed=args.seed,
+                                  progress=not args.no_progress, **_params(args.param))
+        return 0 if summary.failed == 0 else 1
+    from xai_utils.data.models import load_model
+    from xai_utils.runner.score import score_store
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    store = args.store.rstrip("/")
+    out = args.out or store.removesuffix(".zarr") + "_scores"
+    import zarr
+
+    model = None
+    if {"deletion", "insertion"} & set(metrics):
+        model = load_model(zarr.open_group(store, mode="r").attrs["run"]["model"],
+                           device_=_device(args.device))
+    scores = score_store(store, metrics, model=model, data=args.data, tolerance=args.tolerance,
+                         steps=args.steps, batch_size=args.batch_size, out=out,
+                         progress=not args.no_progress)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(scores.markdown())
+        print(f"wrote {out}.csv and {out}.md", file=sys.stderr)
+    return 0
