@@ -27,6 +27,11 @@ REQUIREMENTS = {
 }
 
 
+class MethodNotApplicable(ValueError):
+    """A method that does not apply to this model (or layer): the message names the layer
+    and the reason, and is raised before any heavy work where that can be known."""
+
+
 @dataclass
 class Explanation:
     """A batch of saliency maps at input resolution (B x H x W, raw, not normalised)."""

@@ -1,7 +1,9 @@
-"""Model loading: the embedded EfficientNet-Lite0, torchvision classifiers and `shapes_vgg`.
+"""Model loading: the embedded EfficientNet-Lite0 and `shapes_vgg`, the timm and torchvision
+zoos by name (`timm:NAME`, `torchvision:NAME`; see zoo.py), and `wrap` for a user's own
+`nn.Module`.
 
-Every model comes back in eval mode on `device()`, with a `ModelInfo` attached as
-`model.xai` that says how to preprocess its input and what its classes are called.
+Every model comes back in eval mode, with a `ModelInfo` attached as `model.xai` that says
+how to preprocess its input and what its classes are called.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import difflib
 import torch
 from torch import nn
 
-from xai_utils.core.inputs import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, device
+from xai_utils.core.inputs import ModelInfo, device, model_info
+from xai_utils.core.outputs import OutputSelector, Selector
+from xai_utils.data.zoo import ZOOS, torchvision_names, zoo_model
 
 EMBEDDED = ("efficientnet_lite0", "shapes_vgg")
 
@@ -43,13 +47,6 @@ def _efficientnet_lite0() -> nn.Module:
     return model
 
 
-def _torchvision(name: str, pretrained: bool) -> nn.Module:
-    import torchvision
-
-    weights = "DEFAULT" if pretrained else None
-    return torchvision.models.get_model(name, weights=weights)
-
-
 def _shapes_vgg(pretrained: bool) -> nn.Module:
     from xai_utils.data.shapes import ShapesVGG, weights_path
 
@@ -65,19 +62,17 @@ def _shapes_vgg(pretrained: bool) -> nn.Module:
     return model
 
 
-def _torchvision_names() -> list[str]:
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
 def load_model(name: str = "efficientnet_lite0", pretrained: bool = True,
-               device_: torch.device | str | None = None) -> nn.Module:
+               device_: torch.device | str | None = None, **kwargs) -> nn.Module:
     """Load a classifier by name, in eval mode, on `device()` (or `device_`).
 
-    `efficientnet_lite0` (the default) and `shapes_vgg` work offline. Any torchvision
-    classifier name works too: `pretrained=True` uses torchvision's weights API (a download
-    on first use), `pretrained=False` gives random weights.
+    `efficientnet_lite0` (the default) and `shapes_vgg` work offline. `timm:NAME` (any timm
+    model, with or without a pretrained tag: `timm:convnext_tiny.fb_in1k`) and
+    `torchvision:NAME` (bare torchvision names work too) take their preprocessing and class
+    names from the zoo's metadata; `pretrained=True` downloads the weights on first use
+    (`WeightsUnavailable` offline), `pretrained=False` gives random weights. `kwargs` go to
+    the zoo's constructor (e.g. `img_size=64` for timm ViTs, `image_size=64` for
+    torchvision's), and the input size in `model.xai` follows them.
     """
     from xai_utils.data.classes import imagenet_classes
 
@@ -91,18 +86,64 @@ def load_model(name: str = "efficientnet_lite0", pretrained: bool = True,
 
         model = _shapes_vgg(pretrained)
         info = ModelInfo(name, (0.0,) * 3, (1.0,) * 3, IMAGE_SIZE, 1.0, "bilinear", CLASSES)
-    elif name in _torchvision_names():
-        model = _torchvision(name, pretrained)
-        info = ModelInfo(name, IMAGENET_MEAN, IMAGENET_STD, 224, 0.875, "bilinear",
-                         imagenet_classes())
+    elif name.partition(":")[0] in ZOOS:
+        model, info = zoo_model(name, pretrained, **kwargs)
+    elif name in torchvision_names():
+        model, info = zoo_model(f"torchvision:{name}", pretrained, **kwargs)
     else:
-        known = list(EMBEDDED) + _torchvision_names()
+        known = list(EMBEDDED) + torchvision_names()
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Offline models: {', '.join(EMBEDDED)}; "
-                         "or any torchvision classifier name.")
+                         "or timm:NAME, torchvision:NAME (bare torchvision names work too).")
     model.xai = info
     return model.eval().to(device_ or device())
+
+
+def _returns_tensor(model: nn.Module, info: ModelInfo) -> bool:
+    param = next(model.parameters(), None)
+    probe = torch.zeros(1, len(info.mean), info.input_size, info.input_size,
+                        dtype=param.dtype if param is not None else torch.float32,
+                        device=param.device if param is not None else None)
+    with torch.no_grad():
+        return isinstance(model(probe), torch.Tensor)
+
+
+def wrap(model: nn.Module, mean: tuple[float, ...] | None = None,
+         std: tuple[float, ...] | None = None, input_size: int | None = None,
+         class_names: tuple[str, ...] | list[str] | None = None, *,
+         crop_pct: float | None = None, interpolation: str | None = None,
+         output: Selector = None, name: str | None = None) -> nn.Module:
+    """A user's own classifier, carrying the `ModelInfo` that loaded models carry.
+
+    Unset fields keep the model's current `model.xai` or the documented defaults (ImageNet
+    mean and std, 224 px, crop 0.875, bilinear; see `xai_utils.core.inputs`). With `output`
+    given (see `xai_utils.core.outputs`: an index, a key, a field or a callable), or when
+    the model's forward does not return a tensor (checked with one pass on zeros), the
+    result is an `OutputSelector` around `model` (layer names gain the prefix `model.`);
+    otherwise `model` itself. It is put in eval mode and left on its device.
+    """
+    base = model_info(model)
+    info = ModelInfo(
+        name if name is not None else (base.name or type(model).__name__),
+        tuple(float(v) for v in mean) if mean is not None else base.mean,
+        tuple(float(v) for v in std) if std is not None else base.std,
+        int(input_size) if input_size is not None else base.input_size,
+        float(crop_pct) if crop_pct is not None else base.crop_pct,
+        interpolation or base.interpolation,
+        tuple(class_names) if class_names is not None else base.class_names)
+    if len(info.mean) != len(info.std):
+        raise ValueError(f"mean has {len(info.mean)} channels but std {len(info.std)}")
+    model.eval()
+    if isinstance(model, OutputSelector):
+        model.output = output if output is not None else model.output
+        result = model
+    elif output is not None or not _returns_tensor(model, info):
+        result = OutputSelector(model, output).eval()
+    else:
+        result = model
+    result.xai = info
+    return result
 
 
 @torch.no_grad()

@@ -22,192 +22,43 @@ Grad-CAM costs about one inference pass plus a backward through the head;
 several target classes share one forward pass; maps stay raw (the ReLU-ed weighted sum,
 upsampled), not min-max normalised, so the identities above can be tested. CAM keeps the
 sign (no ReLU) by default, as the paper; pass `relu=True` to clip it.
+
+Which layer is read, and how tokens or channel-last outputs become maps: cam_layers.py;
+CAM's head check: cam_head.py; the recording and gradients: cam_grads.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from xai_utils.core.hooks import capture, get_layer
-from xai_utils.core.inputs import model_info
-from xai_utils.core.model_state import model_device
-from xai_utils.core.registry import Explanation, register
+from xai_utils.core.hooks import get_layer
+from xai_utils.core.registry import Explanation, MethodNotApplicable, register
+from xai_utils.methods.cam_cache import LayerCache
+from xai_utils.methods.cam_grads import (
+    _as_targets,
+    activations_and_gradients,
+    upsample,
+    weighted_sum,
+)
+from xai_utils.methods.cam_head import gap_linear_head
+from xai_utils.methods.cam_layers import (
+    LayerSpec,
+    cam_layer_spec,
+    default_layer,
+    default_layer_spec,
+    infer_layout,
+    layer_spec,
+    stage_layers,
+    to_maps,
+)
 
-
-def default_layer(model: nn.Module) -> str:
-    """The last feature map before global pooling, by architecture.
-
-    ResNets: `layer4`; timm EfficientNets: `bn2` (BatchNorm + activation); VGG-style nets
-    with a `features` Sequential (torchvision VGG, `shapes_vgg`): its last ReLU
-    (`features.29` for vgg16, `features.10` for shapes_vgg); otherwise the last module that
-    outputs a spatial (B x K x h x w, h, w > 1) map during a forward pass.
-    """
-    if isinstance(getattr(model, "layer4", None), nn.Module):
-        return "layer4"
-    if type(model).__name__ == "EfficientNet" and hasattr(model, "bn2"):
-        return "bn2"
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        relus = [n for n, m in features.named_children() if isinstance(m, (nn.ReLU, nn.ReLU6))]
-        return f"features.{relus[-1]}" if relus else "features"
-    return _last_spatial_module(model)
-
-
-def _last_spatial_module(model: nn.Module) -> str:
-    size = model_info(model).input_size
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    order: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name:
-            def hook(_m, _i, out, name=name):
-                if isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[2:]) > 1:
-                    order.append(name)
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=model_device(model), dtype=dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not order:
-        raise ValueError(f"{type(model).__name__} has no layer with a spatial output; "
-                         "pass layer=... explicitly")
-    return order[-1]
-
-
-def stage_layers(model: nn.Module) -> list[str]:
-    """Layers from early to last for a Grad-CAM-across-depth figure (ends at the default)."""
-    last = default_layer(model)
-    if last == "layer4":
-        return ["layer1", "layer2", "layer3", "layer4"]
-    if last == "bn2" and isinstance(getattr(model, "blocks", None), nn.Sequential):
-        return [f"blocks.{n}" for n, _ in model.blocks.named_children()][1:] + ["bn2"]
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        kids = list(features.named_children())
-        before_pool = [kids[i - 1][0] for i, (_, m) in enumerate(kids)
-                       if isinstance(m, nn.MaxPool2d) and i > 0]
-        names = [f"features.{n}" for n in before_pool]
-        return [n for n in names if n != last] + [last]
-    return [last]
-
-
-def gap_linear_head(model: nn.Module) -> nn.Linear:
-    """The single linear layer behind a global average pool, or a ValueError naming what is
-    missing (CAM is defined only for that head)."""
-    problems = []
-    pool_name = next((n for n in ("global_pool", "avgpool", "pool") if hasattr(model, n)), None)
-    if pool_name is None:
-        problems.append("no global pooling module (looked for global_pool, avgpool, pool)")
-    else:
-        pool = getattr(model, pool_name)
-        out = getattr(pool, "output_size", None)
-        is_gap = (isinstance(pool, nn.AdaptiveAvgPool2d) and out in (1, (1, 1))) or \
-            getattr(pool, "pool_type", None) == "avg"
-        if not is_gap:
-            problems.append(f"{pool_name} = {pool} is not a global average pool")
-    head = model.get_classifier() if hasattr(model, "get_classifier") else next(
-        (getattr(model, n) for n in ("fc", "classifier", "head") if hasattr(model, n)), None)
-    linears = [] if head is None else [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if head is None:
-        problems.append("no classifier module (looked for fc, classifier, head)")
-    elif len(linears) != 1:
-        problems.append(f"its classifier has {len(linears)} linear layers, not one")
-    if problems:
-        raise ValueError(f"CAM needs global average pooling followed by one linear layer; "
-                         f"{type(model).__name__}: {'; '.join(problems)}. "
-                         "Use Grad-CAM, which works for any head.")
-    return linears[0]
-
-
-def _as_targets(targets, batch: int, device) -> torch.Tensor | None:
-    """None, an int, a B-long or a B x T set of class indices -> B x T LongTensor (or None)."""
-    if targets is None:
-        return None
-    t = torch.as_tensor(targets, device=device)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"targets must hold integer class indices, got {t.dtype}")
-    t = t.long()
-    t = t.expand(batch) if t.dim() == 0 else t
-    t = t[:, None] if t.dim() == 1 else t
-    if t.dim() != 2 or t.shape[0] != batch:
-        raise ValueError(f"targets must be an int, B or B x T indices for B = {batch}, "
-                         f"got shape {tuple(t.shape)}")
-    return t
-
-
-@contextmanager
-def _autograd_from(modules: list[nn.Module]) -> Iterator[None]:
-    """Inside an outer `no_grad` forward, turn autograd on from the first of `modules` that
-    runs: its output becomes a fresh leaf (cloned, so later in-place ops are allowed), so no
-    graph is recorded, and no backward runs, through the layers below it."""
-    started = False
-
-    def hook(_module, _inputs, output):
-        nonlocal started
-        if started or not isinstance(output, torch.Tensor):
-            return None
-        started = True
-        torch.set_grad_enabled(True)  # undone when the caller's no_grad block exits
-        return output.detach().requires_grad_(True).clone()
-
-    handles = [m.register_forward_hook(hook) for m in modules]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def activations_and_gradients(model: nn.Module, x: torch.Tensor, layers: list[str],
-                              targets: torch.Tensor | None = None, topk: int = 1,
-                              gradients: bool = True):
-    """One forward pass recording `layers`; then, per target column, the gradient of the
-    summed target logits with respect to every recorded activation.
-
-    Returns (activations {layer: B x K x h x w}, gradients {layer: B x T x K x h x w},
-    logits B x C, targets B x T). `targets` None takes the `topk` classes of each image.
-    """
-    modules = [get_layer(model, name) for name in layers]
-    cut = _autograd_from(modules) if gradients else nullcontext()
-    with torch.no_grad(), cut, capture(model, layers, detach=not gradients) as rec:
-        logits = model(x.detach())
-    missing = [n for n in layers if n not in rec.activations]
-    if missing:
-        raise ValueError(f"layers {missing} were not called in the forward pass")
-    acts = [rec.activations[n] for n in layers]
-    num_classes = logits.shape[1]
-    if targets is None:
-        targets = logits.detach().topk(min(topk, num_classes), dim=1).indices
-    elif ((targets < 0) | (targets >= num_classes)).any():
-        raise IndexError(f"target class out of range 0..{num_classes - 1}")
-    grads: dict[str, torch.Tensor] = {}
-    if gradients:
-        scores = logits.gather(1, targets)
-        per_target = [torch.autograd.grad(scores[:, t].sum(), acts,
-                                          retain_graph=t < targets.shape[1] - 1)
-                      for t in range(targets.shape[1])]
-        grads = {n: torch.stack([g[i] for g in per_target], 1) for i, n in enumerate(layers)}
-    return ({n: a.detach() for n, a in zip(layers, acts, strict=True)}, grads,
-            logits.detach(), targets)
-
-
-def weighted_sum(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_k w_tk A_k: (B x K x h x w, B x T x K) -> B x T x h x w."""
-    return torch.einsum("btk,bkhw->bthw", weights.to(activations.dtype), activations)
-
-
-def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear (align_corners=False) resize of B x T x h x w maps to `size`."""
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+__all__ = ["CAM", "ChannelWeightedMap", "GradCAM", "LayerCache", "LayerSpec",
+           "activations_and_gradients", "cam", "cam_layer_spec", "default_layer",
+           "default_layer_spec", "gap_linear_head", "gradcam", "stage_layers", "upsample",
+           "weighted_sum"]
 
 
 @dataclass
@@ -228,11 +79,13 @@ class ChannelWeightedMap:
 
     uses_gradients = True
     relu = True
+    cam_layer = False  # the default layer: the pool's input (CAM) or the last block
 
     def __init__(self, model: nn.Module, layer: str | None = None, relu: bool | None = None,
                  counterfactual: bool = False) -> None:
         self.model = model
-        self.layer = layer or default_layer(model)
+        self.spec = layer_spec(model, layer, cam=self.cam_layer)
+        self.layer = self.spec.name
         get_layer(model, self.layer)
         if relu is not None:
             self.relu = relu
@@ -245,13 +98,35 @@ class ChannelWeightedMap:
     def verify(self, raw: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Hook for variants that can check their raw maps against the logits."""
 
+    def maps(self, x: torch.Tensor, t: torch.Tensor | None, topk: int):
+        """The layer's activations (B x K x h x w), gradients (B x T x K x h x w or None),
+        logits and targets; a layer that does not read as a map is refused before any
+        backward, and a token layer whose patch tokens get no gradient after it."""
+        size = tuple(x.shape[-2:])
+
+        def validate(name, act):
+            infer_layout(name, tuple(act.shape[1:]), size, self.spec)
+
+        acts, grads, logits, t = activations_and_gradients(
+            self.model, x, [self.layer], t, topk, gradients=self.uses_gradients,
+            validate=validate)
+        act = to_maps(acts[self.layer], 1, self.layer, size, self.spec)
+        grad = grads.get(self.layer)
+        if grad is not None:
+            maps = to_maps(grad, 2, self.layer, size, self.spec, activation=False)
+            if not maps.any() and grad.any():
+                raise MethodNotApplicable(
+                    f"layer {self.layer!r}: only its prefix (class) tokens reach the head, so "
+                    "the gradients at its patch tokens are zero; pass layer= an earlier one, "
+                    f"e.g. the default {default_layer(self.model)!r}")
+            grad = maps
+        return act, grad, logits, t
+
     def __call__(self, x: torch.Tensor, targets=None, topk: int = 1) -> CamResult:
         """Maps for `targets` (None: the `topk` top classes; int; B; or B x T indices)."""
         t = _as_targets(targets, x.shape[0], x.device)
-        acts, grads, logits, t = activations_and_gradients(
-            self.model, x, [self.layer], t, topk, gradients=self.uses_gradients)
-        act = acts[self.layer]
-        weights = self.channel_weights(act, grads.get(self.layer), t)
+        act, grad, logits, t = self.maps(x, t, topk)
+        weights = self.channel_weights(act, grad, t)
         raw = weighted_sum(act, weights)
         self.verify(raw, logits, t)
         if self.counterfactual:
@@ -273,6 +148,7 @@ class CAM(ChannelWeightedMap):
 
     uses_gradients = False
     relu = False
+    cam_layer = True
 
     def __init__(self, model: nn.Module, layer: str | None = None, relu: bool | None = None,
                  counterfactual: bool = False, check: bool = True) -> None:
@@ -296,7 +172,7 @@ class CAM(ChannelWeightedMap):
             raise ValueError(f"CAM on layer {self.layer!r} does not reproduce the logits (max "
                              f"error {float(err):.3g}): it is not the final feature map that "
                              f"the global average pool reads (default: "
-                             f"{default_layer(self.model)!r}). Pass check=False to see it "
+                             f"{cam_layer_spec(self.model).name!r}). Pass check=False to see it "
                              "anyway, or use Grad-CAM for other layers.")
 
 
@@ -318,54 +194,3 @@ def cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | No
         relu: bool = False, counterfactual: bool = False, check: bool = True) -> Explanation:
     """CAM on the final feature map (GAP + linear heads only); raw signed map by default."""
     return _explanation(CAM(model, layer, relu, counterfactual, check)(x, target))
-
-
-@dataclass
-class LayerCache:
-    """Activations and per-class gradients of several layers from ONE forward pass, so a
-    slider can redraw any (layer, class) map with a weighted sum and an upsampling.
-
-    >>> cache = LayerCache.build(model, x, stage_layers(model), topk=5)
-    >>> cache.gradcam("bn2", 0)        # B x H x W, the top class;  cache.cam(1): CAM, 2nd class
-    """
-
-    activations: dict[str, torch.Tensor]
-    gradients: dict[str, torch.Tensor]  # B x T x K x h x w
-    logits: torch.Tensor
-    targets: torch.Tensor  # B x T
-    size: tuple[int, int]
-    head: tuple[torch.Tensor, torch.Tensor | None] | None  # (W, b) when CAM applies
-    cam_layer: str
-
-    @classmethod
-    def build(cls, model: nn.Module, x: torch.Tensor, layers: list[str] | None = None,
-              targets=None, topk: int = 5) -> LayerCache:
-        layers = list(layers or stage_layers(model))
-        t = _as_targets(targets, x.shape[0], x.device)
-        acts, grads, logits, t = activations_and_gradients(model, x, layers, t, topk)
-        try:
-            fc = gap_linear_head(model)
-            bias = None if fc.bias is None else fc.bias.detach()
-            head = (fc.weight.detach(), bias)
-        except ValueError:
-            head = None
-        return cls(acts, grads, logits, t, tuple(x.shape[-2:]), head, default_layer(model))
-
-    def gradcam(self, layer: str, index: int = 0, relu: bool = True,
-                counterfactual: bool = False) -> torch.Tensor:
-        """Grad-CAM of target column `index` on `layer`, B x H x W."""
-        weights = self.gradients[layer][:, index].mean(dim=(-2, -1))
-        raw = weighted_sum(self.activations[layer], weights[:, None])
-        raw = -raw if counterfactual else raw
-        return upsample(raw.clamp_min(0) if relu else raw, self.size)[:, 0]
-
-    def cam(self, index: int = 0, relu: bool = False, counterfactual: bool = False
-            ) -> torch.Tensor:
-        """CAM of target column `index` on the final feature map, B x H x W."""
-        if self.head is None or self.cam_layer not in self.activations:
-            raise ValueError(f"CAM needs a GAP + linear head and the layer {self.cam_layer!r} "
-                             "in the cache")
-        raw = weighted_sum(self.activations[self.cam_layer],
-                           self.head[0][self.targets[:, index]][:, None])
-        raw = -raw if counterfactual else raw
-        return upsample(raw.clamp_min(0) if relu else raw, self.size)[:, 0]

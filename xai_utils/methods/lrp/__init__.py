@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from xai_utils.core.model_state import BATCHNORM, MergedBatchNorm, canonized
-from xai_utils.core.registry import Explanation, register
+from xai_utils.core.registry import Explanation, MethodNotApplicable, register
 from xai_utils.methods.lrp.composites import COMPOSITES, Composite, get_composite, input_bounds
 from xai_utils.methods.lrp.rules import Pass
 
-__all__ = ["COMPOSITES", "Composite", "attribute", "canonized", "get_composite",
+__all__ = ["COMPOSITES", "Composite", "NoRule", "attribute", "canonized", "get_composite",
            "input_bounds", "lrp"]
 
 # element-wise activations that get the pass-through rule (ReLU's own gradient already is)
@@ -37,6 +37,18 @@ GRADIENT_OK = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dr
                nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.MaxPool1d, nn.MaxPool2d,
                nn.MaxPool3d, nn.AdaptiveMaxPool2d)
+
+
+
+
+def _identity_like(module: nn.Module) -> bool:
+    """Stochastic depth in eval mode (the identity) and pure reorderings (Permute)."""
+    kind = type(module).__name__
+    return kind == "Permute" or (kind in ("StochasticDepth", "DropPath") and not module.training)
+
+
+class NoRule(MethodNotApplicable, TypeError):
+    """A layer type that no LRP rule covers (raised before any forward pass)."""
 
 
 @dataclass
@@ -51,7 +63,7 @@ def _plan(model: nn.Module, comp: Composite) -> list[tuple[nn.Module, object]]:
     plan = []
     for name, module in model.named_modules():
         if isinstance(module, BATCHNORM):
-            raise TypeError(f"LRP has no rule for layer {name!r} ({type(module).__name__}): "
+            raise NoRule(f"LRP has no rule for layer {name!r} ({type(module).__name__}): "
                             "it does not directly follow a convolution or linear layer, so it "
                             "cannot be merged into one")
         rule = comp.rule_for(module)
@@ -60,12 +72,16 @@ def _plan(model: nn.Module, comp: Composite) -> list[tuple[nn.Module, object]]:
         elif isinstance(module, ACTIVATIONS):
             plan.append((module, Pass()))
         elif (any(True for _ in module.children()) or isinstance(module, GRADIENT_OK)
-              or isinstance(module, MergedBatchNorm)):
+              or isinstance(module, MergedBatchNorm)
+              or _identity_like(module)):
             continue
         else:
-            raise TypeError(f"LRP has no rule for layer {name!r} ({type(module).__name__}); "
-                            "rules cover Conv/Linear, BatchNorm after them, pooling, dropout, "
-                            "flatten and element-wise activations")
+            norm = "Norm" in type(module).__name__
+            why = (" (normalisation layers need the rule of Ali et al. 2022, not implemented)"
+                   if norm else "")
+            raise NoRule(f"LRP has no rule for layer {name!r} ({type(module).__name__}){why}; "
+                         "rules cover Conv/Linear, BatchNorm after them, pooling, dropout, "
+                         "flatten and element-wise activations")
     return plan
 
 
@@ -86,7 +102,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
 
     `params` go to `get_composite` (epsilon, gamma, alpha, beta, stabilizer, bounds, maxpool).
     """
-    comp = get_composite(composite, model, **params)
+    comp = get_composite(composite, model, batch=x, **params)
     handles = []
     with torch.enable_grad(), canonized(model, ACTIVATIONS) if canonize else nullcontext():
         try:
@@ -107,7 +123,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     return relevance.detach(), out.detach().gather(1, target[:, None])[:, 0]
 
 
-@register("lrp", requires=("gradients", "input_bounds"))
+@register("lrp")
 def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
         composite: str | Composite = "thesis", canonize: bool = True,
         **params) -> Explanation:

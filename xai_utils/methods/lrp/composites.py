@@ -14,12 +14,13 @@ convolution and linear layer, z^B at the pixel layer, winner-take-all max-poolin
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from xai_utils.core.inputs import input_spec
+from xai_utils.core.inputs import ModelInfo, input_spec
 from xai_utils.methods.lrp.rules import (
     AlphaBeta,
     Epsilon,
@@ -56,13 +57,34 @@ class Composite:
         return None
 
 
-def input_bounds(model: nn.Module, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lowest and highest model input (1 x C x 1 x 1): pixels in [0, 1] through mean/std."""
-    if getattr(model, "xai", None) is None:
+def input_bounds(model: nn.Module, batch: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lowest and highest model input: pixels 0 and 1 through the model's mean and std.
+
+    From `model.xai` (1 x C x 1 x 1) when the model carries it (`load_model`, `xu.wrap`).
+    Otherwise from `batch` (B x C x 1 x 1, per image and channel): the documented default
+    preprocessing's bounds (ImageNet statistics), widened to the image's own minimum and
+    maximum, with a warning when an image leaves them (its preprocessing is unknown).
+    """
+    if isinstance(getattr(model, "xai", None), ModelInfo):
+        spec = input_spec(model, dtype=torch.float64)
+        return spec.low, spec.high
+    if batch is None:
         raise ValueError("the z^B rule needs the input's bounds: the model has no `xai` "
-                         "preprocessing info, so pass bounds=(low, high)")
-    spec = input_spec(model, dtype=torch.float64)
-    return spec.low, spec.high
+                         "preprocessing info (see xu.wrap), so pass bounds=(low, high)")
+    spec = input_spec(model, device=batch.device, dtype=batch.dtype)
+    low = spec.low.expand(batch.shape[0], -1, -1, -1)
+    high = spec.high.expand(batch.shape[0], -1, -1, -1)
+    lo = batch.detach().amin(dim=(2, 3), keepdim=True)
+    hi = batch.detach().amax(dim=(2, 3), keepdim=True)
+    if low.shape[1] != batch.shape[1] or (lo < low).any() or (hi > high).any():
+        warnings.warn("LRP's z^B bounds: the model carries no preprocessing (xu.wrap(model, "
+                      "mean=..., std=...) or bounds=(low, high) set it) and the input leaves "
+                      "the ImageNet defaults' range, so each image's own minimum and maximum "
+                      "are used", stacklevel=3)
+        if low.shape[1] != batch.shape[1]:
+            return lo, hi
+    return torch.minimum(low, lo), torch.maximum(high, hi)
 
 
 def _build(name: str, p: dict) -> Composite:
@@ -115,10 +137,12 @@ COMPOSITES = ("epsilon", "zplus", "alpha2beta1", "alpha1beta0", "alphabeta", "ga
 def get_composite(composite: str | Composite, model: nn.Module | None = None, *,
                   epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0,
                   beta: float = 1.0, stabilizer: float = 1e-6, bounds=None,
-                  maxpool: str = "wta", bias: bool | None = None) -> Composite:
+                  maxpool: str = "wta", bias: bool | None = None,
+                  batch: torch.Tensor | None = None) -> Composite:
     """A `Composite` by name (or the one given), with its parameters.
 
-    `bounds`: (low, high) of the model input for z^B; by default from `model.xai`.
+    `bounds`: (low, high) of the model input for z^B; by default `input_bounds(model,
+    batch)`: from `model.xai`, else from the batch's values.
     `maxpool`: "wta" (winner-take-all, the gradient) or "proportional".
     `bias`: whether biases enter the denominators (None: each rule's default, see rules.py).
     """
@@ -128,7 +152,7 @@ def get_composite(composite: str | Composite, model: nn.Module | None = None, *,
         comp = composite
     else:
         def get_bounds():
-            return bounds if bounds is not None else input_bounds(model)
+            return bounds if bounds is not None else input_bounds(model, batch)
         params = dict(epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta,
                       stabilizer=stabilizer, bounds=get_bounds, bias=bias)
         comp = _build(str(composite), params)
