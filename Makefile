@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast imports figures lab lint clean
+.PHONY: setup test test-fast imports figures gpu-check lab lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-fast: $(STAMP) imports
 
 figures: $(STAMP)
 	$(BIN)/python scripts/run_notebooks.py
+
+# every method on the GPU against the CPU, leaks, speed, full step counts (see the script)
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

@@ -12,9 +12,12 @@ from xai_utils.evaluation.harness import (
     run_method,
 )
 from xai_utils.evaluation.profiling import (
+    SPEED_COLUMNS,
+    SPEED_FORMATS,
     forward_backward,
     memory_growth,
     profile,
+    speed_rows,
     synchronize,
     timed,
 )
@@ -25,5 +28,5 @@ __all__ = [
     "baseline_maps", "cascading_randomization", "forward_backward", "markdown_table",
     "memory_growth", "method_settings", "metrics", "parametrized_layers", "peaks_on_own_half",
     "pointing_geometry", "profile", "quality", "run_method", "save_tables", "spearman",
-    "synchronize", "timed",
+    "speed_rows", "SPEED_COLUMNS", "SPEED_FORMATS", "synchronize", "timed",
 ]

@@ -1,5 +1,6 @@
 """Time and peak memory of one call (`profile`), interleaved timings of several (`timed`),
-and what 100 calls leave (`memory_growth`). The benchmark scripts time with these."""
+every method's speed table (`speed_rows`) and what 100 calls leave (`memory_growth`). The
+benchmark scripts, notebook 08 and `make gpu-check` time with these."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import gc
 import statistics
 import threading
 import time
+from functools import partial
 
 import torch
 from torch import nn
 
 from xai_utils.core.hooks import registered_hooks
-from xai_utils.core.registry import explain
+from xai_utils.core.inputs import input_spec
+from xai_utils.core.model_state import model_device
+from xai_utils.core.registry import explain, method_info
 
 
 class _PeakRSS:
@@ -134,3 +138,38 @@ def memory_growth(model: nn.Module, x: torch.Tensor, target: torch.Tensor, name:
     return {"ratio": last / first, "growth_mb": (last - first) / 2**20,
             "tensors_after_first": tensors_first - before,
             "tensors_growth": tensors_last - tensors_first, "hooks": registered_hooks(model)}
+
+
+def speed_rows(model: nn.Module, model_name: str, batches, settings: dict[str, dict],
+               steps: int | None = None, seed: int = 0) -> list[dict]:
+    """Time and peak memory of every method in `settings` on random inputs of each batch
+    size, as ratios to one forward + backward pass of the same batch (notebook 08's speed
+    table; `steps`: the iterations the optimisation methods were given, for the per-step
+    ratio)."""
+    dev, spec = model_device(model), input_spec(model)
+    side = spec.info.input_size
+    rows = []
+    for b in batches:
+        u = torch.rand(b, 3, side, side, generator=torch.Generator().manual_seed(seed)).to(dev)
+        x = spec.low + u * (spec.high - spec.low)  # uniform noise over the model's input range
+        with torch.no_grad():
+            t = model(x).argmax(1)
+        base = profile(forward_backward(model, x, t), dev)
+        rows.append({"model": model_name, "batch": b, "method": "forward+backward",
+                     "ms / image": 1000 * base["seconds"] / b, "x fwd+bwd": 1.0,
+                     "peak MB": base["peak_mb"], "device": str(dev)})
+        for name, params in settings.items():
+            p = profile(partial(explain, name, model, x, t, **params), dev)
+            n = steps if method_info(name).iterative else None
+            ratio = p["seconds"] / base["seconds"]
+            rows.append({"model": model_name, "batch": b, "method": name, "steps": n,
+                         "ms / image": 1000 * p["seconds"] / b, "x fwd+bwd": ratio,
+                         "x fwd+bwd per step": ratio / n if n else None,
+                         "peak MB": p["peak_mb"], "device": str(dev)})
+    return rows
+
+
+SPEED_COLUMNS = ["model", "batch", "method", "steps", "ms / image", "x fwd+bwd",
+                 "x fwd+bwd per step", "peak MB", "device"]
+SPEED_FORMATS = {"ms / image": ".1f", "x fwd+bwd": ".2f", "x fwd+bwd per step": ".2f",
+                 "peak MB": ".1f"}
