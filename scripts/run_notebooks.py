@@ -62,7 +62,8 @@ def highlights(figures: Path = ROOT / "figures") -> str:
     """Each notebook's rendered "What we saw", under the notebook's name."""
     parts = []
     for path in sorted(figures.glob("*_summary.md")):
-        text = path.read_text().replace("## What we saw", "").strip()
+        lines = path.read_text().strip().splitlines()
+        text = "\n".join(lines[1:] if lines and lines[0].startswith("## ") else lines).strip()
         parts.append(f"**{path.stem.removesuffix('_summary')}**\n\n{text}")
     return "\n\n".join(parts)
 

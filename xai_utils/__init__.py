@@ -19,7 +19,14 @@ import xai_utils.methods  # noqa: F401, I001
 from xai_utils import data, evaluation, features, inversion, nbdt  # noqa: F401
 from xai_utils.core.hooks import capture, get_layer
 from xai_utils.core.inputs import ModelInfo, device, input_spec
-from xai_utils.core.registry import Explanation, explain, method_info, methods, register
+from xai_utils.core.registry import (
+    Explanation,
+    MethodNotApplicable,
+    explain,
+    method_info,
+    methods,
+    register,
+)
 from xai_utils.data.classes import class_name, imagenet_classes
 from xai_utils.data.images import (
     ImageLoadError,
@@ -30,13 +37,16 @@ from xai_utils.data.images import (
     sample_images,
     to_image,
 )
-from xai_utils.data.models import load_model, predict
+from xai_utils.data.models import load_model, predict, wrap
+from xai_utils.data.zoo import WeightsUnavailable
 from xai_utils.evaluation import metrics
+from xai_utils.runner import explain_dataset
 from xai_utils.viz import overlay, save_figure
 
 __all__ = [
     "Explanation",
     "ImageLoadError",
+    "MethodNotApplicable",
     "ModelInfo",
     "capture",
     "class_name",
@@ -44,6 +54,7 @@ __all__ = [
     "device",
     "evaluation",
     "explain",
+    "explain_dataset",
     "features",
     "get_layer",
     "imagenet_classes",
@@ -63,5 +74,7 @@ __all__ = [
     "sample_images",
     "save_figure",
     "to_image",
+    "WeightsUnavailable",
+    "wrap",
 ]
 __version__ = "0.1.0"

@@ -127,11 +127,11 @@ def test_deletion_game_hand_worked():
     wrong[10:14, 10:14] = 1.0
     game = mp.deletion_game(_square_model(), x, torch.stack([right, wrong]),
                             torch.tensor([0, 0]))
-    # the right map's box is the square (16 px); the wrong map only succeeds at alpha = 0,
-    # whose box is the whole image
+    # the right map's box is the square (16 px); the wrong map only reaches the goal at
+    # alpha = 0, whose box is the whole image: not a success
     assert game.area.tolist() == [16, 256]
     assert game.box[0].tolist() == [4, 4, 7, 7] and game.box[1].tolist() == [0, 0, 15, 15]
-    assert game.success.tolist() == [True, True] and (game.score <= 0.01).all()
+    assert game.success.tolist() == [True, False] and (game.score <= 0.01).all()
 
 
 def test_default_preset_is_the_papers():

@@ -58,3 +58,14 @@ def test_pearson_and_compare():
     assert result["pearson"] == pytest.approx(1.0) and result["speedup"] > 0
     with pytest.raises(ValueError, match="no Zennit counterpart"):
         ref.lrp_zennit(None, a[:, None], torch.zeros(2, dtype=torch.long), "gamma")
+
+
+def test_top_fraction_keeps_the_highest_pixels():
+    from xai_utils.evaluation.references import top_fraction, top_overlap
+
+    maps = torch.arange(32.0).view(2, 4, 4)
+    keep = top_fraction(maps, 0.25)
+    assert keep.sum((1, 2)).tolist() == [4, 4]
+    assert keep[0].flatten()[-4:].all() and not keep[0].flatten()[:-4].any()
+    assert top_overlap(maps, maps.flip(-1), 0.25).tolist() == [1.0, 1.0]
+    assert top_overlap(maps, -maps, 0.25).tolist() == [0.0, 0.0]

@@ -115,14 +115,18 @@ def extremal_torchray(model: nn.Module, x: torch.Tensor, target: torch.Tensor, a
     return torch.stack(masks).detach()
 
 
+def top_fraction(maps: torch.Tensor, area: float) -> torch.Tensor:
+    """B x H x W bools: the `area` fraction of each map's highest pixels (at least one)."""
+    k = max(1, int(area * maps[0].numel()))
+    keep = torch.zeros_like(maps.flatten(1), dtype=torch.bool)
+    keep.scatter_(1, maps.flatten(1).topk(k, dim=1).indices, True)
+    return keep.view_as(maps)
+
+
 def top_overlap(a: torch.Tensor, b: torch.Tensor, area: float) -> torch.Tensor:
     """Intersection over union of the `area` fraction of highest pixels of maps a and b
     (B x H x W each): how far two masks keep the same region."""
-    k = max(1, int(area * a[0].numel()))
-    keep_a = torch.zeros_like(a.flatten(1), dtype=torch.bool)
-    keep_b = torch.zeros_like(keep_a)
-    keep_a.scatter_(1, a.flatten(1).topk(k, dim=1).indices, True)
-    keep_b.scatter_(1, b.flatten(1).topk(k, dim=1).indices, True)
+    keep_a, keep_b = top_fraction(a, area).flatten(1), top_fraction(b, area).flatten(1)
     return (keep_a & keep_b).sum(1) / (keep_a | keep_b).sum(1)
 
 

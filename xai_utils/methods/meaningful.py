@@ -242,12 +242,15 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor,
 @dataclass
 class DeletionGame:
     """Per image: the smallest box (y0, x0, y1, x1 inclusive) found, its area in pixels,
-    whether it reached the goal (else the whole image counts), and its normalised score."""
+    whether a box smaller than the image reached the goal (else the whole image counts), and
+    the normalised score of the box kept; `floor` is the score with the whole image blurred,
+    the lowest any box can reach."""
 
     box: torch.Tensor
     area: torch.Tensor
     success: torch.Tensor
     score: torch.Tensor
+    floor: torch.Tensor
 
 
 @torch.no_grad()
@@ -257,7 +260,9 @@ def deletion_game(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.
     """Fong & Vedaldi 2017, Sec. 5: threshold each min-max-normalised map at alpha in
     0, 0.05, ..., 0.95, take the tightest box around {s >= alpha}, blur inside the box
     (Gaussian, sigma 10) and keep the smallest box whose normalised score
-    p_c(blurred box) / p_c(x) is <= `goal`. All B x T candidates run in batches."""
+    p_c(blurred box) / p_c(x) is <= `goal`. A box covering the whole image (alpha = 0 always
+    gives one) is not a success: it says only that blurring everything deletes the class.
+    All B x T candidates run in batches."""
     b, _, h, w = x.shape
     if thresholds is None:
         thresholds = torch.arange(20, device=x.device, dtype=x.dtype) * 0.05
@@ -284,7 +289,7 @@ def deletion_game(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.
                   & (ar_w.view(1, 1, w) <= bx[:, 3, None, None]))[:, None]
         inp = torch.where(inside, soft[img], x[img])
         score[img, th] = _probability(model, inp, target[img]) / base[img]
-    ok = score <= goal
+    ok = (score <= goal) & (area < h * w)
     cost = torch.where(ok, area, h * w + 1)
     best = cost.argmin(1)
     pick = torch.arange(b, device=x.device)
@@ -292,4 +297,5 @@ def deletion_game(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.
     full = torch.tensor([0, 0, h - 1, w - 1], device=x.device)
     return DeletionGame(box=torch.where(success[:, None], box[pick, best], full),
                         area=torch.where(success, area[pick, best], h * w),
-                        success=success, score=score[pick, best])
+                        success=success, score=score[pick, best],
+                        floor=_probability(model, soft, target) / base)
