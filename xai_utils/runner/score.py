@@ -144,12 +144,14 @@ def score_store(path: str | Path, metrics: tuple[str, ...] | list[str] = ("point
                 masks = torch.stack([box_mask(np.array(by_item.get(int(i), [])), h, w, size,
                                               crop) for i, (h, w) in zip(idx, hw, strict=True)])
                 masks = masks.to(dev)
-                if "pointing" in metrics:
-                    for j in np.flatnonzero(has_box & ~skip):
-                        sx, sy, _, _ = _frame(*hw[j], size, crop)
-                        tol = max(1, round(tolerance * (sx + sy) / 2))
-                        result["pointing"][j] = float(M.pointing_game(
-                            sal[j:j + 1], masks[j:j + 1], tolerance=tol)[0])
+                if "pointing" in metrics:  # one call per tolerance (per original image size)
+                    scored = np.flatnonzero(has_box & ~skip)
+                    tols = np.array([max(1, round(tolerance * sum(_frame(*hw[j], size, crop)[:2])
+                                                  / 2)) for j in scored], dtype=int)
+                    for tol in np.unique(tols):
+                        js = torch.as_tensor(scored[tols == tol], device=dev)
+                        hits = M.pointing_game(sal[js], masks[js], tolerance=int(tol))
+                        result["pointing"][scored[tols == tol]] = hits.float().cpu().numpy()
                 if "energy" in metrics:
                     energy = M.energy_in_mask(sal, masks).cpu().numpy()
                     result["energy"][has_box] = energy[has_box]
