@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xai_utils.viz.live import explorer  # noqa: F401 - the notebooks' explorers
+
 MIME = "application/vnd.xai-utils.record+json"
 RECORDS: dict[str, object] = {}
 
@@ -160,3 +162,34 @@ def execute(path: str | Path, out: str | Path, parameters: dict | None = None,
     pm.execute_notebook(str(path), str(out), parameters=parameters or {},
                         kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
                         kernel_manager_class=IPCKernelManager)
+
+
+def upload(draw, accept: str = "image/*", dpi: float | None = None):
+    """A file-upload button whose image `draw(rgb, name)` explains in a picture below it.
+
+    The file is read with `load_image` (any format and mode PIL reads); a file that is not a
+    readable image, or a `draw` that fails, puts the clear error in the caption and the
+    notebook keeps working for the next upload.
+    """
+    import ipywidgets as widgets
+
+    from xai_utils.data.images import load_image
+    from xai_utils.viz.live import LivePicture
+
+    button = widgets.FileUpload(accept=accept, multiple=False, description="your photo")
+    picture = LivePicture(dpi)
+    picture.caption.value = "upload a photo to explain it"
+
+    def update(change) -> None:
+        if not change["new"]:
+            return
+        item = change["new"][-1]
+        name = item["name"]
+        try:
+            picture.show(draw(load_image(item["content"], name=name), Path(name).stem))
+        except Exception as err:  # noqa: BLE001 - shown to the reader, not swallowed
+            message = f"{type(err).__name__}: {err}"
+            picture.fail(message if name in message else f"{name}: {message}")
+
+    button.observe(update, names="value")
+    return widgets.VBox([button, picture.box])

@@ -68,8 +68,6 @@ def test_optimisation_reads_the_host_a_fixed_number_of_times(task, name):
     assert few == many, f"{name}: host reads grow with the steps: {few} at 3, {many} at 9"
 
 
-@pytest.mark.xfail(strict=True, reason="the incremental occlusion engine reads each layer's "
-                   "crop length (a data-dependent shape) once per batch of windows")
 def test_occlusion_reads_the_host_a_fixed_number_of_times(task):
     model, x, t = task
     coarse, fine = (reads(lambda s=s: xu.explain("occlusion", model, x, t, window=28, stride=s,

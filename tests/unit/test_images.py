@@ -163,3 +163,18 @@ def test_composite_is_square_with_both_photos():
     pair = xu.composite(a, b, size=224)
     assert pair.shape == (224, 224, 3)
     assert (pair[:, :112] == 0).all() and (pair[:, 112:] == 255).all()
+
+
+def test_bytes_of_a_file_and_sample_names(tmp_path, rgb):
+    """An upload's bytes decode like the file; a sample's name loads the sample; a name that
+    is neither says what exists."""
+    path = tmp_path / "x.png"
+    Image.fromarray(rgb).save(path)
+    np.testing.assert_array_equal(xu.load_image(path.read_bytes()), xu.load_image(path))
+    np.testing.assert_array_equal(xu.load_image("chelsea"), xu.load_sample("chelsea"))
+    with pytest.raises(ImageLoadError, match="mine.jpg: not an image file"):
+        xu.load_image(b"plain text", name="mine.jpg")
+    with pytest.raises(ImageLoadError, match="empty file"):
+        xu.load_image(b"")
+    with pytest.raises(FileNotFoundError, match="no sample photo of that name; samples: .*chelsea"):
+        xu.load_image("chelsee")

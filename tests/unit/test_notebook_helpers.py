@@ -1,3 +1,4 @@
+import datetime
 import json
 
 import matplotlib
@@ -53,3 +54,78 @@ def test_save_figure_and_overlay(tmp_path, monkeypatch):
     assert path == tmp_path / "demo.png" and path.stat().st_size > 0
     with pytest.raises(ValueError):
         xu.save_figure(fig, "../escape")
+
+
+def test_live_picture_caption_is_the_figures_titles():
+    import matplotlib.pyplot as plt
+
+    from xai_utils.viz.live import LivePicture, titles
+
+    fig, axes = plt.subplots(1, 2)
+    fig.suptitle("chelsea")
+    axes[0].set_title("tabby\n38 %")
+    axes[1].set_title("left", loc="left")
+    assert titles(fig) == "chelsea · tabby 38 % · left"
+    picture = LivePicture()
+    picture.show(fig)
+    assert bytes(picture.image.value[:4]) == b"\x89PNG"
+    assert picture.caption.value == "chelsea · tabby 38 % · left"
+    assert not plt.fignum_exists(fig.number)  # closed after drawing: no figure leaks
+    picture.fail("<bad> file")
+    assert "&lt;bad&gt; file" in picture.caption.value and picture.image.layout.display == "none"
+
+
+def test_explorer_redraws_on_change_and_reports_errors():
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    calls = []
+
+    def draw(name, k):
+        calls.append((name, k))
+        if k == 2:
+            raise ValueError("no third class")
+        fig, ax = plt.subplots()
+        ax.set_title(f"{name} #{k + 1}")
+        return fig
+
+    image = widgets.SelectionSlider(options=["chelsea", "coffee"], description="image")
+    k = widgets.IntSlider(0, 0, 2)
+    box = notebook.explorer(draw, {"name": image, "k": k})
+    caption = box.children[1].children[1]
+    assert caption.value == "chelsea #1" and calls == [("chelsea", 0)]
+    image.value = "coffee"
+    assert caption.value == "coffee #1"
+    k.value = 2  # an error on a change goes to the caption; the controls keep working
+    assert caption.value.endswith("ValueError: no third class</span>")
+    k.value = 1
+    assert caption.value == "coffee #2"
+    with pytest.raises(ValueError, match="no third class"):  # at creation: raised as in a cell
+        notebook.explorer(draw, {"name": image, "k": widgets.IntSlider(2, 0, 2)})
+
+
+def test_upload_explains_good_files_and_reports_bad_ones(tmp_path):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    def draw(rgb, name):
+        fig, ax = plt.subplots()
+        ax.set_title(f"{name}: {rgb.shape[1]} x {rgb.shape[0]}")
+        return fig
+
+    box = notebook.upload(draw)
+    button, caption = box.children[0], box.children[1].children[1]
+    buffer = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30), "orange").save(buffer)
+
+    def send(name, content):
+        button.value = ({"name": name, "type": "", "size": len(content),
+                         "content": memoryview(content),
+                         "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
+
+    send("cat.png", buffer.read_bytes())
+    assert caption.value == "cat: 40 x 30"
+    send("notes.jpg", b"not an image")
+    assert "ImageLoadError: notes.jpg: not an image file PIL can read" in caption.value
+    send("tiny.png", buffer.read_bytes())
+    assert caption.value == "tiny: 40 x 30"

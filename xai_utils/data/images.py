@@ -7,6 +7,7 @@ RGB uint8 array of shape H x W x 3, or raises an error that says what is wrong w
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import warnings
 from functools import lru_cache
@@ -96,41 +97,64 @@ def _check_size(arr: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
-def load_image(source) -> np.ndarray:
+def _open(stream, name: str) -> np.ndarray:
+    """Decode a file (path or binary stream) with PIL, with an error that names `name`."""
+    try:
+        with Image.open(stream) as img:
+            img.load()
+            return _pil_to_rgb(img, name)
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{name}: not an image file PIL can read") from err
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"{name}: image too large to decode safely ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({err})") from err
+
+
+def load_image(source, name: str | None = None) -> np.ndarray:
     """Return `source` as an RGB uint8 array (H x W x 3).
 
-    Paths are read with PIL: grayscale, palette, 16-bit and CMYK images are converted to RGB,
-    transparency is composited onto white, animated files give their first frame (with a
-    warning), and images larger than `MAX_SIDE` are downscaled. Arrays and tensors may be
-    H x W, H x W x C or C x H x W, uint8 in [0, 255] or float in [0, 1].
+    Paths and the bytes of an image file (an upload) are read with PIL: grayscale, palette,
+    16-bit and CMYK images are converted to RGB, transparency is composited onto white,
+    animated files give their first frame (with a warning), and images larger than
+    `MAX_SIDE` are downscaled. A string that is no file but the name of a sample photo
+    (`sample_images()`) loads that photo. Arrays and tensors may be H x W, H x W x C or
+    C x H x W, uint8 in [0, 255] or float in [0, 1]. `name` labels the input in errors.
     """
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"no image at {path}")
+            if isinstance(source, str) and source in sample_images():
+                return load_sample(source)
+            raise FileNotFoundError(f"no image at {path} (and no sample photo of that name; "
+                                    f"samples: {', '.join(sample_images())})")
         if path.is_dir():
             raise ImageLoadError(f"{path} is a folder, not an image")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                arr = _pil_to_rgb(img, path.name)
-        except UnidentifiedImageError as err:
-            raise ImageLoadError(f"{path.name}: not an image file PIL can read") from err
-        except Image.DecompressionBombError as err:
-            raise ImageLoadError(f"{path.name}: image too large to decode safely ({err})") from err
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ImageLoadError(f"{path.name}: corrupt or truncated image ({err})") from err
-        name = path.name
+        name = name or path.name
+        arr = _open(path, name)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        name = name or "uploaded file"
+        if not len(source):
+            raise ImageLoadError(f"{name}: empty file")
+        arr = _open(io.BytesIO(bytes(source)), name)
     elif isinstance(source, Image.Image):
-        arr, name = _pil_to_rgb(source, "PIL image"), "PIL image"
+        name = name or "PIL image"
+        arr = _pil_to_rgb(source, name)
     elif isinstance(source, torch.Tensor):
-        arr, name = _array_to_rgb(source.detach().cpu().numpy(), "tensor"), "tensor"
+        name = name or "tensor"
+        arr = _array_to_rgb(source.detach().cpu().numpy(), name)
     elif isinstance(source, np.ndarray):
-        arr, name = _array_to_rgb(source, "array"), "array"
+        name = name or "array"
+        arr = _array_to_rgb(source, name)
     else:
-        raise TypeError(f"cannot load an image from {type(source).__name__}; "
-                        "pass a path, a PIL image, a NumPy array or a tensor")
+        raise TypeError(f"cannot load an image from {type(source).__name__}; pass a path, "
+                        "the bytes of an image file, a PIL image, a NumPy array or a tensor")
     return _check_size(arr, name)
+
+
+def image_name(source) -> str:
+    """A short label for an entry of a notebook's IMAGES: a sample's name or a file's stem."""
+    return Path(source).stem if isinstance(source, (str, Path)) else type(source).__name__
 
 
 def _resize_and_crop(img: np.ndarray, size: int, crop_pct: float, interpolation: str) -> np.ndarray:

@@ -64,17 +64,19 @@ class OcclusionTool:
         return axes
 
     def widget(self):
-        """ipywidgets box: checkboxes (feature, single-feature drop) + live figure."""
+        """ipywidgets box: checkboxes (feature, single-feature drop), the figure redrawn in
+        place and the top-5 read-out."""
         import ipywidgets as widgets
         import matplotlib.pyplot as plt
 
         from xai_utils.data.classes import class_name
+        from xai_utils.viz.live import LivePicture
 
         drops = analyze(self.probs, subsets(self.masks.shape[0]))["single_drops"]
         boxes = [widgets.Checkbox(value=False, description=f"feature {f + 1} "
                                   f"(drop {drops[f]:+.2f})", indent=False)
                  for f in self.order]
-        out = widgets.Output()
+        picture = LivePicture()
         bars = widgets.HTML(layout=widgets.Layout(margin="0 0 0 12px"))
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), width_ratios=(1, 1.1))
         plt.close(fig)
@@ -82,19 +84,16 @@ class OcclusionTool:
         def update(_=None) -> None:
             hidden = [f for f, b in zip(self.order, boxes, strict=True) if b.value]
             self.draw(hidden, axes)
+            fig.tight_layout()
+            picture.show(fig, close=False)
             _, p, c = self.state(hidden)
             bars.value = "top-5: " + ", ".join(f"{class_name(self.model, int(i))} {float(q):.1%}"
                                                for q, i in zip(p, c, strict=True))
-            with out:
-                out.clear_output(wait=True)
-                fig.tight_layout()
-                from IPython.display import display
-                display(fig)
 
         for b in boxes:
             b.observe(update, names="value")
         update()
-        return widgets.HBox([widgets.VBox(boxes), widgets.VBox([out, bars])])
+        return widgets.HBox([widgets.VBox(boxes), widgets.VBox([picture.box, bars])])
 
 
 def label_image(labels, image=None, fade: float = 0.65, only=None):

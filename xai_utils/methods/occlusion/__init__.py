@@ -94,6 +94,9 @@ def occlusion(model, x: torch.Tensor, target: torch.Tensor, window=16, stride=8,
         x = channels_last(x)
         full = score(model(x), target)
         inc = incremental and plan(model, x, base, (wh, ww))
+        if inc:
+            windows = torch.arange(k, device=x.device)
+            inc.prepare(windows // nx * sh, windows % nx * sw)
         for s in tqdm(pairs, desc="occlusion windows", disable=not progress):
             idx = torch.arange(s, min(s + batch_size, b * k), device=x.device)
             img, win = idx // k, idx % k

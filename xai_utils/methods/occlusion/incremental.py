@@ -105,14 +105,12 @@ class _Local:
         return F.avg_pool2d(crop, self.k, self.s)
 
     def affected(self, start: torch.Tensor, n: int, size: int,
-                 p: int) -> tuple[torch.Tensor, int]:
-        """Starts (K) and common length of the output range whose k-wide input windows meet
-        the changed input [start, start + n) (padding p before), moved inwards at the far
-        edge."""
+                 p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Starts and ends (K each) of the output ranges whose k-wide input windows meet
+        the changed input [start, start + n) (padding p before)."""
         lo = torch.div(start + p - self.k + self.s, self.s, rounding_mode="floor").clamp(min=0)
         hi = (torch.div(start + n - 1 + p, self.s, rounding_mode="floor") + 1).clamp(max=size)
-        length = int((hi - lo).max())
-        return lo.clamp(max=size - length), length
+        return lo, hi
 
 
 def _gather(maps: torch.Tensor, img: torch.Tensor, rows: torch.Tensor,
@@ -130,19 +128,25 @@ def _inside(rows, cols, top, left, n_r, n_c) -> torch.Tensor:
 
 @dataclass
 class _Patch:
-    """K maps equal to `cached[img]` except in the box at (top, left) of `values`' size."""
+    """K maps equal to `cached[img]` except in the box at (top, left) of `values`' size.
+    A patch of the geometry pass (`Plan.prepare`) has a `size` and no values."""
     cached: torch.Tensor            # B x C x H x W, the unoccluded activation
     img: torch.Tensor               # K
     top: torch.Tensor               # K
     left: torch.Tensor              # K
-    values: torch.Tensor            # K x C x n_r x n_c
+    values: torch.Tensor | None     # K x C x n_r x n_c
+    size: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.values is not None:
+            self.size = tuple(self.values.shape[-2:])
 
     def crop(self, rows: torch.Tensor, cols: torch.Tensor, padded=None, offset=(0, 0)):
         """The K maps at `rows` x `cols` (coordinates of the unpadded map); `padded`: the
         cached map padded by `offset` rows and columns before (for crops reaching out)."""
         source = self.cached if padded is None else padded
         crop = _gather(source, self.img, rows + offset[0], cols + offset[1])
-        n_r, n_c = self.values.shape[-2:]
+        n_r, n_c = self.size
         k = torch.arange(len(self.img), device=rows.device)
         inner = _gather(self.values, k, (rows - self.top[:, None]).clamp(0, n_r - 1),
                         (cols - self.left[:, None]).clamp(0, n_c - 1))
@@ -155,8 +159,15 @@ class _Patch:
                          torch.arange(w, device=dev).expand(len(self.img), -1))
 
 
+_FULL = object()  # the geometry pass's stand-in for a value computed on full maps
+
+
 class Plan:
-    """A traced model, its activations on the unoccluded batch, and the patch rules."""
+    """A traced model, its activations on the unoccluded batch, and the patch rules.
+
+    The boxes' sizes are fixed per layer by a geometry pass over every window of the sweep
+    (`prepare`: one host read per layer and call), so that the passes over the batches of
+    windows never read the device (no synchronisation inside the loop)."""
 
     def __init__(self, graph: fx.GraphModule, x: torch.Tensor, baseline: torch.Tensor,
                  window: tuple[int, int], stop: float = 0.5) -> None:
@@ -165,6 +176,8 @@ class Plan:
         self.x = x
         self.cached: dict[str, torch.Tensor] = {}        # 4-d activations by node name
         self._padded: dict[tuple, torch.Tensor] = {}
+        self.sizes: dict[str, tuple[int, int] | None] | None = None  # box sizes by node
+        self._geometry = False
         self.output = self._run(self._plain, x, cache=True)
 
     def _plain(self, node: fx.Node, args, kwargs):
@@ -186,6 +199,8 @@ class Plan:
             if node.op == "placeholder":
                 value = env[node.name] = x
             elif node.op == "output":
+                if self._geometry:
+                    return None
                 return fx.node.map_arg(node.args[0], lambda n: _as_full(env[n.name]))
             else:
                 args = fx.node.map_arg(node.args, lambda n: env[n.name])
@@ -204,10 +219,28 @@ class Plan:
             self._padded[key] = F.pad(maps, pads, value=local.fill()) if any(pads) else maps
         return self._padded[key]
 
+    def prepare(self, top: torch.Tensor, left: torch.Tensor) -> None:
+        """Fix every layer's box size for windows with corners (`top`, `left`) (all the
+        windows `logits` will see), or mark the layer as run on full maps."""
+        (h, w), (wh, ww) = self.x.shape[-2:], self.window
+        img = torch.zeros_like(top)
+        self.sizes, self._geometry = {}, True
+        try:
+            self._run(self._step, _Patch(self.x, img, top.clamp(max=h - wh),
+                                         left.clamp(max=w - ww), None, (wh, ww)))
+        finally:
+            self._geometry = False
+
     def logits(self, img: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
         """Model outputs for the images `img` (K indices into the batch) each occluded by a
         window with corner (`top`, `left`), cut at the image's edges, filled from the
-        baseline."""
+        baseline. Without `prepare`, the box sizes are fitted to these windows."""
+        if self.sizes is None:
+            self.prepare(top, left)
+            try:
+                return self.logits(img, top, left)
+            finally:
+                self.sizes = None
         x = self.x
         (h, w), (wh, ww) = x.shape[-2:], self.window
         box_r, box_c = top.clamp(max=h - wh), left.clamp(max=w - ww)
@@ -227,7 +260,7 @@ class Plan:
             patch = args[0]
             if _elementwise(module):
                 return _Patch(self.cached[node.name], patch.img, patch.top, patch.left,
-                              module(patch.values))
+                              None if self._geometry else module(patch.values), patch.size)
             out = self.cached.get(node.name)
             local = _Local.of(module, *patch.cached.shape[-2:])
             if local is not None and out is not None:
@@ -238,17 +271,30 @@ class Plan:
                 and len(patches) == 2 and len(args) == 2 and not kwargs
                 and node.name in self.cached):
             return self._add(node, *args)
+        if self._geometry:
+            found = []
+            fx.node.map_aggregate((args, kwargs), lambda a: found.append(
+                isinstance(a, _Patch) or a is _FULL))
+            if any(found):
+                return _FULL
         return self._plain(node, fx.node.map_aggregate(args, _as_full),
                            fx.node.map_aggregate(kwargs, _as_full))
 
     def _local(self, node, local: _Local, patch: _Patch, out: torch.Tensor):
         """A convolution or pooling on the patch's receptive field, or None where that
         would cover more than `stop` of the output."""
-        (h, w), (n_r, n_c) = out.shape[-2:], patch.values.shape[-2:]
-        lo_r, len_r = local.affected(patch.top, n_r, h, local.pad_r[0])
-        lo_c, len_c = local.affected(patch.left, n_c, w, local.pad_c[0])
-        if len_r * len_c > self.stop * h * w:
+        (h, w), (n_r, n_c) = out.shape[-2:], patch.size
+        lo_r, hi_r = local.affected(patch.top, n_r, h, local.pad_r[0])
+        lo_c, hi_c = local.affected(patch.left, n_c, w, local.pad_c[0])
+        if self._geometry:  # the longest range of all windows, read once per layer
+            size = int((hi_r - lo_r).max()), int((hi_c - lo_c).max())
+            self.sizes[node.name] = None if size[0] * size[1] > self.stop * h * w else size
+        if self.sizes[node.name] is None:
             return None
+        len_r, len_c = self.sizes[node.name]
+        lo_r, lo_c = lo_r.clamp(max=h - len_r), lo_c.clamp(max=w - len_c)  # inwards at the edge
+        if self._geometry:
+            return _Patch(out, patch.img, lo_r, lo_c, None, (len_r, len_c))
         dev, (k, s) = lo_r.device, (local.k, local.s)
         rows = lo_r[:, None] * s - local.pad_r[0] + torch.arange((len_r - 1) * s + k, device=dev)
         cols = lo_c[:, None] * s - local.pad_c[0] + torch.arange((len_c - 1) * s + k, device=dev)
@@ -261,11 +307,14 @@ class Plan:
         out = self.cached[node.name]
         h, w = out.shape[-2:]
         top, left = torch.minimum(a.top, b.top), torch.minimum(a.left, b.left)
-        n_r = int((torch.maximum(a.top + a.values.shape[-2], b.top + b.values.shape[-2])
-                   - top).max())
-        n_c = int((torch.maximum(a.left + a.values.shape[-1], b.left + b.values.shape[-1])
-                   - left).max())
+        if self._geometry:  # the largest joint box of all windows, read once per addition
+            self.sizes[node.name] = (
+                int((torch.maximum(a.top + a.size[0], b.top + b.size[0]) - top).max()),
+                int((torch.maximum(a.left + a.size[1], b.left + b.size[1]) - left).max()))
+        n_r, n_c = self.sizes[node.name]
         top, left = top.clamp(max=h - n_r), left.clamp(max=w - n_c)
+        if self._geometry:
+            return _Patch(out, a.img, top, left, None, (n_r, n_c))
         rows = top[:, None] + torch.arange(n_r, device=top.device)
         cols = left[:, None] + torch.arange(n_c, device=top.device)
         return _Patch(out, a.img, top, left, a.crop(rows, cols) + b.crop(rows, cols))

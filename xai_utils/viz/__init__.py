@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 import torch
 
-FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
+FIGURES_DIR = Path(__file__).resolve().parents[2] / "figures"
 
 
 def normalize(saliency, clip: float = 1.0) -> np.ndarray:
