@@ -253,7 +253,7 @@ def _shutdown_kernels(lab: Lab) -> None:
 
 @pytest.fixture
 def lab(lab_server, request):
-    page = lab_server.browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = lab_server.browser.new_page(viewport={"width": 1400, "height": 1400})
     lab_server.page = page
     try:
         yield lab_server

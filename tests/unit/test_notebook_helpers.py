@@ -69,6 +69,12 @@ def test_live_picture_caption_is_the_figures_titles():
     picture = LivePicture()
     picture.show(fig)
     assert bytes(picture.image.value[:4]) == b"\x89PNG"
+    import io
+
+    from PIL import Image
+
+    shown = Image.open(io.BytesIO(bytes(picture.image.value)))
+    assert picture.image.width == str(shown.width)  # drawn at its own size, not stretched
     assert picture.caption.value == "chelsea · tabby 38 % · left"
     assert not plt.fignum_exists(fig.number)  # closed after drawing: no figure leaks
     picture.fail("<bad> file")

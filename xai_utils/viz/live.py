@@ -54,6 +54,8 @@ class LivePicture:
             if close:
                 plt.close(fig)
         self.image.value = data
+        # at its own size (the widget would stretch it to the output's width, blurred)
+        self.image.width = str(int.from_bytes(data[16:20], "big"))
         self.image.layout.display = None
         self.caption.value = html.escape(text)
 
