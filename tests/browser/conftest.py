@@ -172,6 +172,13 @@ class Lab:
         assert errors.count() == 0, errors.first.inner_text()[-3000:]
         return page
 
+    def save(self, stem: str) -> Path:
+        """Save the open notebook with its outputs; returns its file."""
+        self.page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+        self.page.wait_for_function(
+            "() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+        return self.root / f"{stem}.ipynb"
+
     def explorer(self, label: str, stem: str, nth: int = 0) -> Explorer:
         """The explorer whose controls include one described `label` (the `nth` such)."""
         page = self.page
