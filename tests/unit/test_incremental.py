@@ -6,6 +6,7 @@ from captum.attr import Occlusion
 from torch import nn
 
 import xai_utils as xu
+from xai_utils.methods import occlusion as occlusion_method
 from xai_utils.methods.occlusion import incremental
 
 
@@ -45,7 +46,9 @@ def full_scores(model, x, window, stride, baseline):
 
 @pytest.mark.parametrize("window,stride,baseline", [(5, 3, 0.0), ((7, 4), (3, 5), 0.5),
                                                     (9, 9, "mean"), ((26, 22), 8, 0.0)])
-def test_equals_full_forward_passes(window, stride, baseline):
+def test_equals_full_forward_passes(window, stride, baseline, monkeypatch):
+    # exactness for every window size, also where full passes would be chosen as cheaper
+    monkeypatch.setattr(occlusion_method, "MAX_INCREMENTAL_COST", 1.01)
     model = vgg_like()
     x = torch.randn(2, 3, 37, 30, dtype=torch.float64)  # windows cut at both far edges
     assert incremental.plan(model, x, torch.zeros_like(x), (7, 4)) is not None
@@ -117,3 +120,28 @@ def test_non_local_steps_and_fallbacks():
     assert incremental.plan(model.train(), x, base, (4, 4)) is None
     e = xu.explain("occlusion", Branching().eval(), x, window=4, stride=4, output="logit")
     assert not e.extras["incremental"]
+
+
+def test_falls_back_where_patches_end_early():
+    """A LayerNorm over channels right after the stem ends every patch (ConvNeXt's layout):
+    a window would cost a whole forward pass, so full passes run instead."""
+
+    class ChannelNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.norm = nn.Conv2d(3, 8, 4, 4), nn.LayerNorm(8)
+            self.body = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten(), nn.Linear(16, 5))
+
+        def forward(self, x):
+            return self.body(self.norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+    model = ChannelNorm().eval()
+    x = torch.randn(1, 3, 32, 32)
+    e = xu.explain("occlusion", model, x, window=8, stride=8, output="logit")
+    assert e.extras["incremental_cost"] > 0.9 and not e.extras["incremental"]
+    assert incremental.plan(model, x, torch.zeros_like(x), (8, 8)) is not None  # traceable
+    torch.testing.assert_close(e.saliency, full_scores(model, x, 8, 8, 0.0).saliency)
+    vgg = xu.explain("occlusion", vgg_like().float().eval(), x, window=8, stride=8)
+    assert vgg.extras["incremental"] and vgg.extras["incremental_cost"] < 0.9

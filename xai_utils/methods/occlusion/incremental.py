@@ -177,6 +177,8 @@ class Plan:
         self.cached: dict[str, torch.Tensor] = {}        # 4-d activations by node name
         self._padded: dict[tuple, torch.Tensor] = {}
         self.sizes: dict[str, tuple[int, int] | None] | None = None  # box sizes by node
+        self.flops: dict[str, int] = {}   # multiply-adds per image of each conv / linear node
+        self._share: dict[str, float] = {}  # the share of each node's flops a window costs
         self._geometry = False
         self.output = self._run(self._plain, x, cache=True)
 
@@ -208,6 +210,13 @@ class Plan:
                 value = env[node.name] = step(node, args, kwargs)
             if cache and isinstance(value, torch.Tensor) and value.dim() == 4:
                 self.cached[node.name] = value
+            if cache and node.op == "call_module":
+                module = self.graph.get_submodule(node.target)
+                if isinstance(module, nn.Conv2d):
+                    per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
+                    self.flops[node.name] = value[0].numel() * per_out
+                elif isinstance(module, nn.Linear):
+                    self.flops[node.name] = value[0].numel() * module.in_features
         raise RuntimeError("graph without output")
 
     def _pad(self, name: str, local: _Local) -> torch.Tensor:
@@ -219,17 +228,21 @@ class Plan:
             self._padded[key] = F.pad(maps, pads, value=local.fill()) if any(pads) else maps
         return self._padded[key]
 
-    def prepare(self, top: torch.Tensor, left: torch.Tensor) -> None:
+    def prepare(self, top: torch.Tensor, left: torch.Tensor) -> float:
         """Fix every layer's box size for windows with corners (`top`, `left`) (all the
-        windows `logits` will see), or mark the layer as run on full maps."""
+        windows `logits` will see), or mark the layer as run on full maps. Returns the
+        estimated cost of a window against a full forward pass: the share of the
+        convolutions' and linear layers' multiply-adds it still computes."""
         (h, w), (wh, ww) = self.x.shape[-2:], self.window
         img = torch.zeros_like(top)
-        self.sizes, self._geometry = {}, True
+        self.sizes, self._share, self._geometry = {}, {}, True
         try:
             self._run(self._step, _Patch(self.x, img, top.clamp(max=h - wh),
                                          left.clamp(max=w - ww), None, (wh, ww)))
         finally:
             self._geometry = False
+        total = sum(self.flops.values())
+        return sum(f * self._share.get(n, 1.0) for n, f in self.flops.items()) / max(total, 1)
 
     def logits(self, img: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
         """Model outputs for the images `img` (K indices into the batch) each occluded by a
@@ -294,6 +307,7 @@ class Plan:
         len_r, len_c = self.sizes[node.name]
         lo_r, lo_c = lo_r.clamp(max=h - len_r), lo_c.clamp(max=w - len_c)  # inwards at the edge
         if self._geometry:
+            self._share[node.name] = len_r * len_c / (h * w)
             return _Patch(out, patch.img, lo_r, lo_c, None, (len_r, len_c))
         dev, (k, s) = lo_r.device, (local.k, local.s)
         rows = lo_r[:, None] * s - local.pad_r[0] + torch.arange((len_r - 1) * s + k, device=dev)
