@@ -64,6 +64,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
+def _controls(scope, label: str):
+    """The sliders, checkboxes and drop-downs in `scope` whose description starts with
+    `label`."""
+    pattern = re.compile(rf"^\s*{re.escape(label)}")
+    page = getattr(scope, "page", scope)
+    return scope.locator(".widget-slider, .widget-checkbox, .widget-dropdown").filter(
+        has=page.locator(".widget-label, label", has_text=pattern))
+
+
 class Explorer:
     """An explorer on the page: its controls, its picture and its caption."""
 
@@ -72,11 +81,9 @@ class Explorer:
         self.image = box.locator(".widget-image").last
         self.caption = box.locator(".xai-caption").last
 
-    def control(self, label: str, nth: int = 0):
+    def control(self, label: str):
         """The control (slider, checkbox or dropdown) whose description starts with `label`."""
-        pattern = re.compile(rf"^\s*{re.escape(label)}")
-        return self.box.locator(".widget-slider, .widget-checkbox, .widget-dropdown").filter(
-            has=self.box.page.locator(".widget-label, label", has_text=pattern)).nth(nth)
+        return _controls(self.box, label).first
 
     def state(self, control) -> str:
         """What the control shows: a slider's read-out, a dropdown's choice, a checkbox's
@@ -182,11 +189,8 @@ class Lab:
     def explorer(self, label: str, stem: str, nth: int = 0) -> Explorer:
         """The explorer whose controls include one described `label` (the `nth` such)."""
         page = self.page
-        pattern = re.compile(rf"^\s*{re.escape(label)}")
-        control = page.locator(".widget-slider, .widget-checkbox, .widget-dropdown").filter(
-            has=page.locator(".widget-label, label", has_text=pattern))
         box = page.locator(".widget-vbox, .widget-hbox").filter(
-            has=page.locator(".xai-caption")).filter(has=control).nth(nth)
+            has=page.locator(".xai-caption")).filter(has=_controls(page, label)).nth(nth)
         box.wait_for(timeout=30_000)
         return Explorer(self, box, stem)
 

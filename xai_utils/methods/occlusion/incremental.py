@@ -284,11 +284,10 @@ class Plan:
                 and len(patches) == 2 and len(args) == 2 and not kwargs
                 and node.name in self.cached):
             return self._add(node, *args)
-        if self._geometry:
-            found = []
-            fx.node.map_aggregate((args, kwargs), lambda a: found.append(
-                isinstance(a, _Patch) or a is _FULL))
-            if any(found):
+        if self._geometry:  # no rule applies: this node and what follows run on full maps
+            leaves = []
+            fx.node.map_aggregate((args, kwargs), leaves.append)
+            if any(isinstance(a, _Patch) or a is _FULL for a in leaves):
                 return _FULL
         return self._plain(node, fx.node.map_aggregate(args, _as_full),
                            fx.node.map_aggregate(kwargs, _as_full))
