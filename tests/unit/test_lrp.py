@@ -165,11 +165,27 @@ def test_uncovered_layer_is_named_and_model_restored():
     assert model[1] is bn and registered_hooks(model) == 0
 
 
-def test_lonely_batchnorm_is_an_error():
-    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten()).eval()
-    with pytest.raises(TypeError, match=r"'0' \(BatchNorm2d\)"):
-        xu.explain("lrp", model, torch.rand(1, 3, 8, 8), composite="epsilon")
+def test_lonely_batchnorm_passes_relevance_through_its_scale():
+    """A BatchNorm after no convolution (DenseNet) is the affine map s x + t with the epsilon
+    rule: with t = 0 each input keeps its output's relevance, so the net's input relevance
+    equals that of the same net without the BatchNorm at input s x."""
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(3).eval().double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.5, -0.7, 0.3]))
+        norm.running_var.copy_(torch.tensor([0.5, 2.0, 1.0]))
+        norm.bias.zero_()
+    rest = nn.Sequential(nn.Conv2d(3, 2, 3, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten()).eval().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    target = torch.tensor([0, 1])
+    relevance, logit = attribute(nn.Sequential(norm, rest), x, target, "epsilon",
+                                 epsilon=1e-12)
+    with torch.no_grad():
+        scaled = norm(x)
+    expected, _ = attribute(rest, scaled, target, "epsilon", epsilon=1e-12)
+    torch.testing.assert_close(relevance, expected)
+    torch.testing.assert_close(relevance.flatten(1).sum(1), logit, rtol=1e-9, atol=0)
 
 
 def test_training_mode_batchnorm_is_refused():

@@ -30,7 +30,7 @@ LATE = {
     "torchvision:densenet121": r"features\.norm5",
 }
 # cells that must work (the rest may refuse, with a clear message)
-MUST_WORK = {"gradient", "gradcam", "occlusion", "extremal_perturbation",
+MUST_WORK = {"gradient", "gradcam", "lrp", "occlusion", "extremal_perturbation",
              "meaningful_perturbation", "perturbation_cnn"}
 CAM_WORKS = {"torchvision:resnet18", "torchvision:densenet121", "torchvision:efficientnet_b0",
              "torchvision:regnet_y_400mf", "torchvision:inception_v3", "torchvision:swin_t",

@@ -7,9 +7,11 @@ the thesis "Deep Introspection" (ch. 3.3.1) to find the relevant pixels of a dec
     expl.extras["logit"]       # B: the explained logit (= the relevance's sum when conserved)
 
 Rules (rules.py) are forward hooks in the modified-gradient form; composites
-(composites.py) say which rule each layer type gets; canonizers (canonizers.py) merge
-BatchNorm into the layer before it. Relevance at the output is the target logit itself
-(Bach et al.: R = f(x)), so with conservative rules the input relevance sums to the logit.
+(composites.py) say which rule each layer type gets; `canonized` (core/model_state.py) merges
+BatchNorm into the layer before it; LayerNorm and attention are held constant in the
+backward pass (conservative.py, Ali et al. 2022), squeeze-and-excitation gates too.
+Relevance at the output is the target logit itself (Bach et al.: R = f(x)), so with
+conservative rules the input relevance sums to the logit.
 A layer type that no rule covers raises an error naming it before anything runs.
 """
 
@@ -24,7 +26,8 @@ from torch import nn
 from xai_utils.core.model_state import BATCHNORM, MergedBatchNorm, canonized
 from xai_utils.core.registry import Explanation, MethodNotApplicable, register
 from xai_utils.methods.lrp.composites import COMPOSITES, Composite, get_composite, input_bounds
-from xai_utils.methods.lrp.rules import Pass
+from xai_utils.methods.lrp.conservative import held_constant
+from xai_utils.methods.lrp.rules import AffineEpsilon, Gate, Pass
 
 __all__ = ["COMPOSITES", "Composite", "NoRule", "attribute", "canonized", "get_composite",
            "input_bounds", "lrp"]
@@ -39,6 +42,12 @@ GRADIENT_OK = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dr
                nn.MaxPool3d, nn.AdaptiveMaxPool2d)
 
 
+
+
+# modules that multiply their input by a gate computed from it (squeeze-and-excitation)
+GATES = ("SqueezeExcitation", "SqueezeExcite", "SEModule", "EffectiveSEModule")
+# constant per-channel scales (ConvNeXt, CaiT): the gradient is the right rule
+SCALES = ("LayerScale", "LayerScale2d")
 
 
 def _identity_like(module: nn.Module) -> bool:
@@ -58,30 +67,38 @@ class _Context:
     pixel_hits: int = 0
 
 
+def _no_rule(name: str, module: nn.Module) -> NoRule:
+    return NoRule(f"LRP has no rule for layer {name!r} ({type(module).__name__}); rules cover "
+                  "Conv/Linear, BatchNorm, LayerNorm, attention, pooling, dropout, flatten, "
+                  "squeeze-and-excitation gates and element-wise activations")
+
+
 def _plan(model: nn.Module, comp: Composite) -> list[tuple[nn.Module, object]]:
-    """(module, rule) for every layer that needs a hook; a clear error for uncovered ones."""
-    plan = []
+    """(module, rule) for every layer that needs a hook; a clear error for uncovered ones.
+    LayerNorm and attention need none: `held_constant` covers them (conservative.py)."""
+    plan, gated = [], []
     for name, module in model.named_modules():
-        if isinstance(module, BATCHNORM):
-            raise NoRule(f"LRP has no rule for layer {name!r} ({type(module).__name__}): "
-                            "it does not directly follow a convolution or linear layer, so it "
-                            "cannot be merged into one")
+        if any(name.startswith(prefix) for prefix in gated):
+            continue  # inside a gate held constant: no relevance flows there
         rule = comp.rule_for(module)
         if rule is not None:
             plan.append((module, rule))
-        elif isinstance(module, ACTIVATIONS):
+        elif type(module).__name__ in GATES:
+            plan.append((module, Gate()))
+            gated.append(name + ".")
+        elif isinstance(module, BATCHNORM):
+            if module.running_var is None:
+                raise _no_rule(name, module)
+            plan.append((module, comp.affine))
+        elif isinstance(module, ACTIVATIONS) or type(module).__module__.startswith(
+                "timm.layers.activations"):
             plan.append((module, Pass()))
         elif (any(True for _ in module.children()) or isinstance(module, GRADIENT_OK)
-              or isinstance(module, MergedBatchNorm)
-              or _identity_like(module)):
+              or isinstance(module, (MergedBatchNorm, nn.LayerNorm))
+              or type(module).__name__ in SCALES or _identity_like(module)):
             continue
         else:
-            norm = "Norm" in type(module).__name__
-            why = (" (normalisation layers need the rule of Ali et al. 2022, not implemented)"
-                   if norm else "")
-            raise NoRule(f"LRP has no rule for layer {name!r} ({type(module).__name__}){why}; "
-                         "rules cover Conv/Linear, BatchNorm after them, pooling, dropout, "
-                         "flatten and element-wise activations")
+            raise _no_rule(name, module)
     return plan
 
 
@@ -104,7 +121,8 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     """
     comp = get_composite(composite, model, batch=x, **params)
     handles = []
-    with torch.enable_grad(), canonized(model, ACTIVATIONS) if canonize else nullcontext():
+    with (torch.enable_grad(), canonized(model, ACTIVATIONS) if canonize else nullcontext(),
+          held_constant()):
         try:
             plan = _plan(model, comp)
             probe = torch.ones_like(x, requires_grad=True)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from xai_utils.core.inputs import ModelInfo, input_spec
 from xai_utils.methods.lrp.rules import (
+    AffineEpsilon,
     AlphaBeta,
     Epsilon,
     Flat,
@@ -46,6 +47,7 @@ class Composite:
     linear: Rule
     pixel: Rule | None = None
     maxpool: Rule | None = None  # None = winner-take-all (the plain gradient)
+    affine: Rule = field(default_factory=AffineEpsilon)  # BatchNorm after no convolution
 
     def rule_for(self, module: nn.Module) -> Rule | None:
         if isinstance(module, CONV):
@@ -155,7 +157,7 @@ def get_composite(composite: str | Composite, model: nn.Module | None = None, *,
             return bounds if bounds is not None else input_bounds(model, batch)
         params = dict(epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta,
                       stabilizer=stabilizer, bounds=get_bounds, bias=bias)
-        comp = _build(str(composite), params)
+        comp = replace(_build(str(composite), params), affine=AffineEpsilon(epsilon))
     if maxpool == "proportional" and comp.maxpool is None:
-        comp = Composite(comp.name, comp.conv, comp.linear, comp.pixel, ProportionalMaxPool())
+        comp = replace(comp, maxpool=ProportionalMaxPool())
     return comp

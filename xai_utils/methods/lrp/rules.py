@@ -283,6 +283,39 @@ class Pass(Rule):
         return _PassThrough.apply(x, z.detach())
 
 
+@dataclass(repr=False)
+class AffineEpsilon(Rule):
+    """A BatchNorm that follows no convolution (DenseNet normalises a concatenation) read as
+    the element-wise affine map y = s x + t with the epsilon rule: R_x = s x / (y + eps sign y)
+    R_y, the shift t taking its share as a bias does (Montavon et al. 2019, sec. 10.2)."""
+
+    epsilon: float = 1e-6
+    name = "affine_epsilon"
+
+    def __call__(self, module, x, z, ctx):
+        if module.running_var is None:
+            raise ValueError(f"{type(module).__name__} without running statistics has no "
+                             "fixed affine map for LRP")
+        scale = torch.rsqrt(module.running_var + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight
+        scale = scale.detach().view(1, -1, *([1] * (x.dim() - 2))).to(x)
+        return attach(z, x * scale * (z.detach() / stabilize(z.detach(), self.epsilon)))
+
+
+class Gate(Rule):
+    """A multiplicative gate y = x * g(x) (squeeze-and-excitation) held constant: all of R_y
+    goes to x, none through the gate branch ("signal-take-all", Arras et al. 2017, "Explaining
+    recurrent neural network predictions in sentiment analysis", WASSA). The plain gradient
+    would count the relevance twice (once per factor)."""
+
+    name = "gate"
+
+    def __call__(self, module, x, z, ctx):
+        gate = torch.where(x == 0, 0.0, z.detach() / x.detach())
+        return attach(z, x * gate)
+
+
 class ProportionalMaxPool(Rule):
     """Max-pooling read as sum-pooling (heatmapping.org tutorial): R_i = x_i / sum_pool x R_j."""
 
