@@ -82,6 +82,41 @@ def test_bad_files_land_in_the_error_table_only(shapes_model, voc, tmp_path):
     np.testing.assert_array_equal(g["target"][:][~bad], g["label"][:][~bad])
 
 
+def test_items_the_method_fails_on_are_recorded_as_failed(shapes_model, tmp_path):
+    """A method that raises on some images of a chunk (the gradient, through a model that
+    refuses them with gradients on): the chunk is retried image by image;
+    those images get status 3 and the error as their reason, the rest are explained."""
+    x = xu.preprocess(list(xu.data.shapes.generate(12, seed=0).images), shapes_model)
+    first = x.flatten(1)[:, 0]
+    limit = float(first.median())
+
+    class Fragile(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.xai = inner, inner.xai
+
+        def forward(self, x):
+            if torch.is_grad_enabled() and (x.flatten(1)[:, 0] > limit).any():
+                raise RuntimeError("fragile input")
+            return self.inner(x)
+
+    out = tmp_path / "fragile.zarr"
+    s = xu.explain_dataset("gradient", Fragile(shapes_model), "shapes:12", out, batch_size=4,
+                           progress=False)
+    bad = (first > limit).numpy()
+    assert 0 < bad.sum() < 12 and (s.done, s.skipped, s.failed) == ((~bad).sum(), 0, bad.sum())
+    g = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(g["status"][:], np.where(bad, 3, 1))
+    assert g["errors/index"][:].tolist() == np.flatnonzero(bad).tolist()
+    assert all(str(r) == "method failed: RuntimeError: fragile input"
+               for r in g["errors/reason"][:])
+    maps = g["maps"][:]
+    assert np.isnan(maps[bad]).all()
+    expected = xu.explain("gradient", shapes_model, x[~bad]).saliency.numpy()
+    # retried one by one: the batch's float rounding may differ by one float16 step
+    np.testing.assert_allclose(maps[~bad], expected, rtol=2e-3, atol=1e-6)
+
+
 def test_changed_run_refuses_to_append(shapes_model, tmp_path):
     out = tmp_path / "maps.zarr"
     xu.explain_dataset("gradcam", shapes_model, "shapes:8", out, batch_size=4, progress=False)

@@ -254,7 +254,6 @@ class ItemDataset(Dataset):
         return len(self.source.items)
 
     def __getitem__(self, index: int) -> dict:
-        pixels = torch.zeros(self.size, self.size, 3, dtype=torch.uint8)
         try:
             with warnings.catch_warnings():  # modes are converted; not worth a warning each
                 warnings.simplefilter("ignore")
@@ -265,6 +264,7 @@ class ItemDataset(Dataset):
             reason = ""
         except (ImageLoadError, OSError, ValueError) as err:
             h = w = 0
+            pixels = torch.zeros(self.size, self.size, 3, dtype=torch.uint8)
             reason = f"{type(err).__name__}: {err}"
         return {"pixels": pixels, "size": torch.tensor([h, w]), "reason": reason,
                 "index": index}

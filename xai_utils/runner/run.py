@@ -105,7 +105,8 @@ def _explain_chunk(method: str, model: nn.Module, batch: dict, labels: np.ndarra
     if good:
         dev = model_device(model)
         # the arithmetic and memory layout of xu.preprocess: the same maps bit for bit
-        pixels = batch["pixels"][good].permute(0, 3, 1, 2).float() / 255
+        pixels = batch["pixels"] if len(good) == n else batch["pixels"][good]
+        pixels = pixels.permute(0, 3, 1, 2).float() / 255
         x = input_spec(model).normalize(pixels).to(dev)
         with torch.no_grad():
             probs = model(x).softmax(dim=1)
@@ -135,7 +136,11 @@ def _explain_chunk(method: str, model: nn.Module, batch: dict, labels: np.ndarra
                     reasons[i] = f"method failed: {type(err).__name__}: {err}"
                     ok[j] = False
         rows = np.asarray(good)[ok]
-        out["maps"][rows] = maps[torch.from_numpy(ok).to(dev)].float().cpu().numpy()
+        maps = maps.to(getattr(torch, dtype)).cpu()
+        if len(rows) == n:  # every item explained: the maps are the chunk
+            out["maps"] = maps.numpy()
+        else:
+            out["maps"][rows] = maps[torch.from_numpy(ok)].numpy()
         out["target"][rows] = tgt.cpu().numpy()[ok]
         out["predicted"][rows] = predicted.cpu().numpy()[ok]
         out["probability"][rows] = probability.cpu().numpy()[ok]
@@ -206,7 +211,7 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
         bar = tqdm(total=total, unit="img", disable=not progress or rank != 0,
                    desc=f"{method} x{world}", dynamic_ncols=True)
         batches = iter(loader)
-        writer, explained = st.ChunkWriter(group), 0
+        writer, explained = st.ChunkWriter(out), 0
         try:  # the writer overlaps each chunk's store writes with the next chunk's work
             for _ in range(steps):
                 batch = next(batches, None)

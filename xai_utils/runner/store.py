@@ -107,37 +107,51 @@ def pending_chunks(group: zarr.Group) -> list[int]:
     return [int(c) for c in np.flatnonzero(group["done"][:] == 0)]
 
 
+ITEM_ARRAYS = ("maps", "target", "predicted", "probability", "status", "reason", "size")
+_OPEN: dict[str, dict] = {}  # the arrays of each store this process writes to
+
+
+def _write_rows(path: str, chunk: int, values: dict[str, np.ndarray]) -> None:
+    """Write one chunk's rows of every per-item array concurrently, then flag it done."""
+    import asyncio
+
+    import zarr
+    from zarr.core.sync import sync
+
+    if path not in _OPEN:
+        group = zarr.open_group(path, mode="r+")
+        _OPEN[path] = {name: group[name] for name in (*ITEM_ARRAYS, "done")}
+    arrays = _OPEN[path]
+    size = arrays["maps"].chunks[0]
+    rows = slice(chunk * size, chunk * size + len(values["status"]))
+
+    async def write_all() -> None:
+        await asyncio.gather(*(arrays[name]._async_array.setitem(rows, value)
+                               for name, value in values.items()))
+    sync(write_all())
+    arrays["done"][chunk] = 1
+
+
 class ChunkWriter:
-    """Writes whole chunks in a background thread, in submission order: each chunk's arrays
-    concurrently, then its `done` flag. At most `pending` chunks wait in memory."""
+    """Writes whole chunks in submission order in a forked writer process (a thread where
+    fork is unavailable), so that zarr's encoding, which holds the interpreter lock, runs
+    beside the explanations instead of between them. At most `pending` chunks wait."""
 
-    def __init__(self, group: zarr.Group, pending: int = 2) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, path: str | Path, pending: int = 4, process: bool = True) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-        names = ("maps", "target", "predicted", "probability", "status", "reason", "size")
-        self.arrays = {name: group[name] for name in names}
-        self.done = group["done"]
-        self.size = self.arrays["maps"].chunks[0]
-        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.path = str(path)
+        if process and "fork" in multiprocessing.get_all_start_methods():
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        else:
+            self.pool = ThreadPoolExecutor(max_workers=1)
         self.futures: list = []
         self.pending = pending
 
-    def _write(self, chunk: int, values: dict[str, np.ndarray]) -> None:
-        import asyncio
-
-        from zarr.core.sync import sync
-
-        rows = slice(chunk * self.size, chunk * self.size + len(values["status"]))
-
-        async def write_all() -> None:
-            await asyncio.gather(*(self.arrays[name]._async_array.setitem(rows, value)
-                                   for name, value in values.items()))
-        sync(write_all())
-        self.done[chunk] = 1
-
     def submit(self, chunk: int, values: dict[str, np.ndarray]) -> None:
         """Queue one chunk's rows of every per-item array; raises a failed write's error."""
-        self.futures.append(self.pool.submit(self._write, chunk, values))
+        self.futures.append(self.pool.submit(_write_rows, self.path, chunk, values))
         while len(self.futures) > self.pending:
             self.futures.pop(0).result()
 
@@ -148,13 +162,6 @@ class ChunkWriter:
                 future.result()
         finally:
             self.pool.shutdown()
-
-
-def write_chunk(group: zarr.Group, chunk: int, values: dict[str, np.ndarray]) -> None:
-    """Write one chunk's rows of every per-item array, then flag the chunk done."""
-    writer = ChunkWriter(group)
-    writer.submit(chunk, values)
-    writer.close()
 
 
 def finish(group: zarr.Group) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from xai_utils.core.model_state import channels_last, forward_batch, merged_batchnorm
@@ -61,6 +62,10 @@ def _evaluation_settings(side: int, device) -> dict:
 # DenseNet's concatenations: 0.96-1.0 at 224 px) the gathers and pastes cost more than they
 # save; ResNet50 0.54, EfficientNet-Lite0 0.66, shapes_vgg 0.09 (window 32, stride 16).
 MAX_INCREMENTAL_COST = 0.9
+# LayerNorms and attention end every patch where they first occur (the geometry pass
+# estimated 0.99-1.0 of a full pass on ConvNeXt, Swin and ViT), so models with them skip the
+# trace and the geometry pass, which cost 3-5 % of a full-pass run there
+PATCH_ENDS = (nn.LayerNorm, nn.MultiheadAttention)
 
 
 @register("occlusion", requires=(), evaluation=_evaluation_settings)
@@ -101,7 +106,8 @@ def occlusion(model, x: torch.Tensor, target: torch.Tensor, window=16, stride=8,
     with merged_batchnorm(model):
         x = channels_last(x)
         full = score(model(x), target)
-        inc = incremental and plan(model, x, base, (wh, ww))
+        inc = (incremental and not any(isinstance(m, PATCH_ENDS) for m in model.modules())
+               and plan(model, x, base, (wh, ww)))
         cost = 1.0
         if inc:
             windows = torch.arange(k, device=x.device)
