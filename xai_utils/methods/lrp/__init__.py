@@ -27,7 +27,7 @@ from xai_utils.core.model_state import BATCHNORM, MergedBatchNorm, canonized
 from xai_utils.core.registry import Explanation, MethodNotApplicable, register
 from xai_utils.methods.lrp.composites import COMPOSITES, Composite, get_composite, input_bounds
 from xai_utils.methods.lrp.conservative import held_constant
-from xai_utils.methods.lrp.rules import AffineEpsilon, Gate, Pass
+from xai_utils.methods.lrp.rules import Gate, Pass
 
 __all__ = ["COMPOSITES", "Composite", "NoRule", "attribute", "canonized", "get_composite",
            "input_bounds", "lrp"]

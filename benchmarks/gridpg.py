@@ -1,0 +1,77 @@
+"""The grid pointing game (GridPG, Rao et al. CVPR 2022) on the offline sample photos.
+
+    python benchmarks/gridpg.py [--grids 20] [--steps 0] [--min-probability 0.3]
+
+EfficientNet-Lite0; 2 x 2 grids of four sample photos of different classes, each classified
+with p >= --min-probability alone, each cell at the model's input size (a 448 px grid). Every
+cell's class is explained on the grid; the table gives, per method, the localisation score
+(positive attribution in the cell / in the grid: mean, median, quartiles) and how often the
+map's maximum lies in the right cell. LRP is scored with each best-practice composite
+(Kohlbrenner et al. 2020) and the thesis one. `--steps N` adds the optimisation methods with
+N iterations (slow on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import xai_utils as xu
+from xai_utils.data.images import sample_images
+from xai_utils.evaluation.grid import localisation, make_grids, peak_in_cell, summarise
+from xai_utils.evaluation.harness import method_settings
+
+COMPOSITES = ["thesis", "epsilon_plus_flat", "epsilon_alpha2beta1_flat", "epsilon_gamma_box",
+              "epsilon_plus"]
+
+
+def configurations(model, steps: int, side: int) -> list[tuple[str, str, dict]]:
+    """(label, method, parameters) of every row."""
+    rows = [("gradient", "gradient", {}), ("gradcam", "gradcam", {}), ("cam", "cam", {})]
+    rows += [(f"lrp {c}", "lrp", {"composite": c}) for c in COMPOSITES]
+    rows.append(("occlusion", "occlusion", {"window": side // 7, "stride": side // 14}))
+    if steps:
+        settings = method_settings(model, steps=steps)
+        for name in ("meaningful_perturbation", "extremal_perturbation", "perturbation_cnn"):
+            rows.append((name, name, dict(settings[name])))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grids", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--min-probability", type=float, default=0.3)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    model = xu.load_model("efficientnet_lite0")
+    grids = make_grids(model, sample_images(), args.grids, args.min_probability)
+    n = len(grids.images)
+    x = grids.images.repeat_interleave(4, dim=0).to(xu.device())
+    targets = grids.targets.flatten().to(xu.device())
+    cells = torch.arange(4).repeat(n).to(xu.device())
+    print(f"{n} grids of 4 of {len(grids.names)} photos ("
+          + ", ".join(f"{name} {p:.2f}" for name, p in zip(grids.names, grids.probability,
+                                                           strict=True))
+          + f"), {x.shape[-1]} px, device {xu.device()}")
+    print("| method | maps | mean | median | quartiles | peak in cell | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for label, method, params in configurations(model, args.steps, x.shape[-1]):
+        start, maps = time.perf_counter(), []
+        for i in range(0, len(x), args.batch):
+            maps.append(xu.explain(method, model, x[i:i + args.batch],
+                                   targets[i:i + args.batch], **params).saliency.detach())
+        maps = torch.cat(maps)
+        scores = localisation(maps, cells).cpu().numpy()
+        s = summarise(scores)
+        peak = float(peak_in_cell(maps, cells).float().mean())
+        print(f"| {label} | {len(scores)} | {s['mean']:.3f} | {s['median']:.3f} | "
+              f"{s['q25']:.2f}-{s['q75']:.2f} | {peak:.0%} | "
+              f"{time.perf_counter() - start:.0f} |", flush=True)
+    print("a map spread evenly over the grid scores 0.25; peak in cell by chance: 25 %")
+
+
+if __name__ == "__main__":
+    main()
