@@ -46,3 +46,23 @@ def test_grids_hold_each_photo_in_its_cell_with_its_own_class():
         assert xu.class_name(_colour_model(), int(grids.targets[0, cell])) == photo
     with pytest.raises(ValueError, match="4 photos of different classes"):
         make_grids(_colour_model(), {k: photos[k] for k in ("red", "grey", "pale")}, 1)
+
+
+def test_disconnected_cells_only_see_their_own_pixels():
+    """DiFull: each cell's logits equal the model's on that cell alone, and no other cell's
+    pixels have any gradient."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
+    net.xai = xu.data.models.ModelInfo("r", (0.0,) * 3, (1.0,) * 3, 32, 1.0, "bilinear",
+                                       tuple("abcde"))
+    grid = xu.evaluation.grid.Disconnected(net)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    out = grid(x)
+    assert out.shape == (2, 20) and grid.xai.num_classes == 20
+    torch.testing.assert_close(out[:, 15:], net(x[:, :, 32:, 32:]), rtol=1e-4, atol=1e-5)
+    (g,) = torch.autograd.grad(out[0, 5 + 2], x)  # cell 1 (top right), class c
+    masks = cell_masks(64, 64)
+    assert g[0][:, masks[1]].abs().sum() > 0 and not g[0][:, ~masks[1]].any()
+    assert not g[1].any()

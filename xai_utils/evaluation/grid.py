@@ -13,7 +13,7 @@ globally.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -101,3 +101,33 @@ def peak_in_cell(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
 def summarise(scores: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(scores)), "median": float(np.median(scores)),
             "q25": float(np.quantile(scores, 0.25)), "q75": float(np.quantile(scores, 0.75))}
+
+
+class Disconnected(nn.Module):
+    """DiFull (Rao et al. 2022, sec. 3.2): each cell of a 2 x 2 grid goes through the model's
+    features on its own; the four feature maps are stitched into one grid map (the module
+    `stitch`, where Grad-CAM reads) and each cell's logits come from its own part of that map
+    alone. The output has 4 K logits, cell-major: class k of cell c is `c * K + k`, and no
+    pixel outside cell c can change it, so attribution outside the cell is provably wrong.
+    Needs `forward_features` / `forward_head` (timm models)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+            raise TypeError(f"{type(model).__name__} has no forward_features / forward_head "
+                            "to split it into features and head")
+        self.model, self.stitch = model, nn.Identity()
+        info = model_info(model)
+        self.xai = replace(info, input_size=2 * info.input_size,
+                           class_names=tuple(f"cell {c}: {name}" for c in range(4)
+                                             for name in info.class_names))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        cells = x.unflatten(2, (2, h // 2)).unflatten(4, (2, w // 2))
+        features = self.model.forward_features(cells.permute(0, 2, 4, 1, 3, 5).flatten(0, 2))
+        d, fh, fw = features.shape[1:]
+        grid = self.stitch(features.unflatten(0, (b, 2, 2)).permute(0, 3, 1, 4, 2, 5)
+                           .reshape(b, d, 2 * fh, 2 * fw))
+        apart = grid.unflatten(2, (2, fh)).unflatten(4, (2, fw)).permute(0, 2, 4, 1, 3, 5)
+        return self.model.forward_head(apart.flatten(0, 2)).unflatten(0, (b, 4)).flatten(1)
