@@ -14,8 +14,8 @@ map's maximum lies in the right cell. LRP is scored with each best-practice comp
 N iterations (slow on a CPU). `--difull`: every cell through the features alone, its logits
 from its own part of the stitched feature map (`evaluation.grid.Disconnected`), so any
 attribution outside the cell is wrong; Grad-CAM reads the stitched map, CAM does not apply
-(no pooling head on the wrapper), and LRP composites with a pixel-layer rule do not either
-(the first convolution sees the cells, not the model's input).
+(no pooling head on the wrapper), occlusion scores the logit (the softmax would couple the
+cells), and the optimisation methods, which score probabilities, are not run there.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--min-probability", type=float, default=0.3)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--only", nargs="+", help="rows whose label starts with one of these")
     parser.add_argument("--difull", action="store_true",
                         help="the disconnected setting: each cell's logits see that cell only")
     args = parser.parse_args()
@@ -78,11 +79,14 @@ def main() -> None:
     x = grids.images.repeat_interleave(4, dim=0).to(xu.device())
     targets = grids.targets.flatten().to(xu.device())
     cells = torch.arange(4).repeat(n).to(xu.device())
-    rows = configurations(model, args.steps, x.shape[-1])
+    rows = configurations(model, 0 if args.difull else args.steps, x.shape[-1])
     if args.difull:  # class k of cell c is output c K + k; Grad-CAM reads the stitched map
         targets = targets + cells * model_info(model).num_classes
         model = Disconnected(model)
-        rows = [(label, method, {**params, "layer": "stitch"} if method == "gradcam" else params)
+        # and occlusion scores the logit: a softmax over all four cells' logits would let
+        # the other cells change the explained probability
+        extra = {"gradcam": {"layer": "stitch"}, "occlusion": {"output": "logit"}}
+        rows = [(label, method, {**params, **extra.get(method, {})})
                 for label, method, params in rows]
     print(("DiFull: " if args.difull else "GridPG: ")
           + f"{n} grids of 4 of {len(grids.names)} photos ("
@@ -91,6 +95,8 @@ def main() -> None:
           + f"), {x.shape[-1]} px, device {xu.device()}")
     print("| method | maps | mean | median | quartiles | peak in cell | seconds |")
     print("|---|---|---|---|---|---|---|")
+    if args.only:
+        rows = [row for row in rows if row[0].startswith(tuple(args.only))]
     for label, method, params in rows:
         start, maps = time.perf_counter(), []
         try:

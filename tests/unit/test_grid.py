@@ -66,3 +66,9 @@ def test_disconnected_cells_only_see_their_own_pixels():
     masks = cell_masks(64, 64)
     assert g[0][:, masks[1]].abs().sum() > 0 and not g[0][:, ~masks[1]].any()
     assert not g[1].any()
+    # LRP's pixel rule reaches the first convolution through the tiles; nothing leaks
+    net.eval()
+    relevance = xu.explain("lrp", grid, torch.rand_like(x.detach()), torch.tensor([7, 19]),
+                           composite="epsilon_gamma_box").extras["relevance"]
+    assert relevance[0][:, masks[1]].abs().sum() > 0 and not relevance[0][:, ~masks[1]].any()
+    assert not relevance[1][:, ~masks[3]].any()

@@ -21,6 +21,7 @@ from torch import nn
 
 from xai_utils.core.inputs import input_spec, model_info
 from xai_utils.data.images import _resize_and_crop, load_image
+from xai_utils.methods.lrp import mark_pixels
 
 
 @dataclass
@@ -122,10 +123,16 @@ class Disconnected(nn.Module):
                            class_names=tuple(f"cell {c}: {name}" for c in range(4)
                                              for name in info.class_names))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+    @staticmethod
+    def tiles(x: torch.Tensor) -> torch.Tensor:
+        """B x C x 2h x 2w grids -> 4B x C x h x w cells (image-major, cells row-major)."""
+        h, w = x.shape[-2:]
         cells = x.unflatten(2, (2, h // 2)).unflatten(4, (2, w // 2))
-        features = self.model.forward_features(cells.permute(0, 2, 4, 1, 3, 5).flatten(0, 2))
+        return cells.permute(0, 2, 4, 1, 3, 5).flatten(0, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        features = self.model.forward_features(mark_pixels(self.tiles(x), self.tiles))
         d, fh, fw = features.shape[1:]
         grid = self.stitch(features.unflatten(0, (b, 2, 2)).permute(0, 3, 1, 4, 2, 5)
                            .reshape(b, d, 2 * fh, 2 * fw))

@@ -83,11 +83,14 @@ def _create(path: Path, run: dict, versions: dict, source: Source, size: int) ->
     array("status", (n,), "int8", PENDING)
     array("reason", (n,), str, "")
     array("size", (n, 2), "int32", 0)
-    array("file", (n,), str, "")[:] = np.array([it.file for it in source.items], dtype=str)
-    array("label", (n,), "int64", -1)[:] = np.array([it.label for it in source.items])
-    array("difficult", (n,), "bool", False)[:] = np.array([it.difficult for it in source.items])
-    array("skip_pointing", (n,), "bool", False)[:] = np.array(
-        [it.skip_pointing for it in source.items])
+    def once(name, values, dtype, fill):  # written here only: one chunk, not one per batch
+        group.create_array(name, shape=(n,), dtype=dtype, fill_value=fill,
+                           chunks=(max(1, n),))[:] = values
+
+    once("file", np.array([it.file for it in source.items], dtype=str), str, "")
+    once("label", np.array([it.label for it in source.items]), "int64", -1)
+    once("difficult", np.array([it.difficult for it in source.items]), "bool", False)
+    once("skip_pointing", np.array([it.skip_pointing for it in source.items]), "bool", False)
     boxes = np.array([(i, *b) for i, it in enumerate(source.items) for b in it.boxes],
                      dtype=np.float64).reshape(-1, 5)
     group.create_array("boxes", shape=boxes.shape, dtype="float64", fill_value=0.0,

@@ -1,7 +1,8 @@
 """Layer-wise relevance propagation (Bach et al. 2015, PLoS ONE 10(7):e0130140), as used by
 the thesis "Deep Introspection" (ch. 3.3.1) to find the relevant pixels of a decision.
 
-    expl = xu.explain("lrp", model, x, target, composite="thesis")
+    expl = xu.explain("lrp", model, x, target)                       # epsilon_gamma_box
+    expl = xu.explain("lrp", model, x, target, composite="thesis")   # the thesis's rules
     expl.saliency              # B x H x W: relevance summed over colour channels
     expl.extras["relevance"]   # B x C x H x W input relevance
     expl.extras["logit"]       # B: the explained logit (= the relevance's sum when conserved)
@@ -30,7 +31,7 @@ from xai_utils.methods.lrp.conservative import held_constant
 from xai_utils.methods.lrp.rules import Gate, Pass
 
 __all__ = ["COMPOSITES", "Composite", "NoRule", "attribute", "canonized", "get_composite",
-           "input_bounds", "lrp"]
+           "input_bounds", "lrp", "mark_pixels"]
 
 # element-wise activations that get the pass-through rule (ReLU's own gradient already is)
 ACTIVATIONS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Tanh,
@@ -54,6 +55,9 @@ def _identity_like(module: nn.Module) -> bool:
     """Stochastic depth in eval mode (the identity) and pure reorderings (Permute)."""
     kind = type(module).__name__
     return kind == "Permute" or (kind in ("StochasticDepth", "DropPath") and not module.training)
+
+
+DEFAULT_COMPOSITE = "epsilon_gamma_box"
 
 
 class NoRule(MethodNotApplicable, TypeError):
@@ -102,10 +106,19 @@ def _plan(model: nn.Module, comp: Composite) -> list[tuple[nn.Module, object]]:
     return plan
 
 
+def mark_pixels(t: torch.Tensor, rearrange) -> torch.Tensor:
+    """Tag `t = rearrange(model input)` (a wrapper's tiles or crops, same channels) so that
+    the layer receiving it gets the pixel-layer rule, as the model's input would; the rule
+    rearranges its probe with the same function."""
+    t._xai_pixels = rearrange
+    return t
+
+
 def _hook(rule, comp: Composite, ctx: _Context):
     def hook(module, inputs, output):
         x = inputs[0]
-        if comp.pixel is not None and x is ctx.model_input:
+        if comp.pixel is not None and (x is ctx.model_input
+                                       or getattr(x, "_xai_pixels", None) is not None):
             ctx.pixel_hits += 1
             return comp.pixel(module, x, output, ctx)
         return rule(module, x, output, ctx)
@@ -113,7 +126,7 @@ def _hook(rule, comp: Composite, ctx: _Context):
 
 
 def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-              composite: str | Composite = "thesis", canonize: bool = True,
+              composite: str | Composite = DEFAULT_COMPOSITE, canonize: bool = True,
               **params) -> tuple[torch.Tensor, torch.Tensor]:
     """Input relevance (B x C x H x W) and explained logits (B) for `target` (B-long).
 
@@ -143,10 +156,14 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
 
 @register("lrp")
 def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-        composite: str | Composite = "thesis", canonize: bool = True,
+        composite: str | Composite = DEFAULT_COMPOSITE, canonize: bool = True,
         **params) -> Explanation:
-    """LRP heatmaps for a batch. `composite`: one of `COMPOSITES` (default "thesis":
-    alpha=2, beta=1 everywhere, z^B at the pixel layer) or a `Composite`."""
+    """LRP heatmaps for a batch. `composite`: one of `COMPOSITES` or a `Composite`.
+
+    The default, `epsilon_gamma_box` (Kohlbrenner et al. 2020's best practice: gamma on
+    convolutions, epsilon on dense layers, z^B at the pixels), is the best-practice composite
+    that localises best on the grid pointing game (`benchmarks/gridpg.py`); `thesis` (alpha 2,
+    beta 1 everywhere, z^B at the pixels) is the one notebook 06 reproduces."""
     relevance, logit = attribute(model, x, target, composite, canonize, **params)
     name = composite if isinstance(composite, str) else composite.name
     return Explanation(relevance.sum(1), target,

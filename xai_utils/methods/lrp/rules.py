@@ -206,10 +206,12 @@ class _PixelRule(Rule):
     pixel_only = True
 
     def _probe(self, x: Tensor, ctx) -> Tensor:
-        if ctx is None or x is not ctx.model_input:
-            raise RuntimeError(f"the {self.name} rule applies only to the layer that receives "
-                               "the model's input")
-        return ctx.probe
+        if ctx is not None and x is ctx.model_input:
+            return ctx.probe
+        if ctx is not None and getattr(x, "_xai_pixels", None) is not None:
+            return x._xai_pixels(ctx.probe)  # tiles of the input (`mark_pixels`)
+        raise RuntimeError(f"the {self.name} rule applies only to the layer that receives "
+                           "the model's input")
 
 
 @dataclass(repr=False)
