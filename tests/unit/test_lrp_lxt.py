@@ -1,8 +1,12 @@
 """Our conservative LRP on a ViT against lxt's CP-LRP (the reference code of AttnLRP, Achtibat
 et al. 2024, which also implements Ali et al. 2022's conservative propagation for
 torchvision's ViT). Optional: lxt needs `transformers`, which this project does not install;
-the test runs where lxt imports. lxt patches torch's classes for good, so it runs in a child
-process."""
+the test runs where lxt imports, e.g. after
+
+    pip install --no-deps lxt==2.1 transformers==4.53.3 tokenizers==0.21.4 \
+        huggingface_hub==0.34.4 safetensors regex
+
+lxt patches torch's classes for good, so it runs in a child process."""
 
 import json
 import subprocess
