@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xai_utils.core.inputs import input_spec, model_info
-from xai_utils.data.images import _resize_and_crop, load_image
+from xai_utils.core.inputs import model_info
+from xai_utils.data.images import preprocess
 from xai_utils.methods.lrp import mark_pixels
 
 
@@ -40,22 +40,18 @@ class Grids:
 def confident_photos(model: nn.Module, photos: dict[str, object], min_probability: float
                      ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Photos whose top class has at least `min_probability` alone, one per class (the most
-    confident): names, S x S pixel cells (N x 3 x S x S in [0, 1]), classes, probabilities."""
-    info = model_info(model)
-    size = info.input_size
-    cells = torch.stack([torch.from_numpy(_resize_and_crop(load_image(p), size, info.crop_pct,
-                                                           info.interpolation).copy())
-                         for p in photos.values()]).permute(0, 3, 1, 2).float() / 255
-    device = next(model.parameters()).device
+    confident): names, the model's inputs (N x 3 x S x S, `preprocess`), classes and
+    probabilities."""
+    cells = preprocess(list(photos.values()), model)
     with torch.no_grad():
-        probs = model(input_spec(model).normalize(cells).to(device)).softmax(1).cpu()
+        probs = model(cells).softmax(1).cpu()
     prob, cls = probs.max(1)
     best: dict[int, int] = {}
     for i in prob.argsort(descending=True).tolist():
         if prob[i] >= min_probability and int(cls[i]) not in best:
             best[int(cls[i])] = i
     keep = sorted(best.values())
-    return [list(photos)[i] for i in keep], cells[keep], cls[keep], prob[keep]
+    return [list(photos)[i] for i in keep], cells[keep].cpu(), cls[keep], prob[keep]
 
 
 def make_grids(model: nn.Module, photos: dict[str, object], n_grids: int,
@@ -71,10 +67,10 @@ def make_grids(model: nn.Module, photos: dict[str, object], n_grids: int,
     order = torch.randperm(len(sets), generator=gen)[:n_grids].tolist()
     members = torch.stack([torch.tensor(sets[i])[torch.randperm(4, generator=gen)]
                            for i in order])
+    # normalisation is per channel, so tiling normalised cells normalises the grid
     top = torch.cat([cells[members[:, 0]], cells[members[:, 1]]], dim=3)
     bottom = torch.cat([cells[members[:, 2]], cells[members[:, 3]]], dim=3)
-    images = input_spec(model).normalize(torch.cat([top, bottom], dim=2))
-    return Grids(images, classes[members], members, names, prob)
+    return Grids(torch.cat([top, bottom], dim=2), classes[members], members, names, prob)
 
 
 def cell_masks(height: int, width: int, device=None) -> torch.Tensor:

@@ -145,6 +145,7 @@ class ChunkWriter:
         from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
         self.path = str(path)
+        _OPEN.pop(self.path, None)  # a store written before may have been replaced since
         if process and "fork" in multiprocessing.get_all_start_methods():
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
         else:

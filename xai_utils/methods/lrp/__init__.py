@@ -45,6 +45,8 @@ GRADIENT_OK = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dr
 
 
 
+# the default composite: the best-practice one that localises best on GridPG (see `lrp`)
+DEFAULT_COMPOSITE = "epsilon_gamma_box"
 # modules that multiply their input by a gate computed from it (squeeze-and-excitation)
 GATES = ("SqueezeExcitation", "SqueezeExcite", "SEModule", "EffectiveSEModule")
 # constant per-channel scales (ConvNeXt, CaiT): the gradient is the right rule
@@ -55,9 +57,6 @@ def _identity_like(module: nn.Module) -> bool:
     """Stochastic depth in eval mode (the identity) and pure reorderings (Permute)."""
     kind = type(module).__name__
     return kind == "Permute" or (kind in ("StochasticDepth", "DropPath") and not module.training)
-
-
-DEFAULT_COMPOSITE = "epsilon_gamma_box"
 
 
 class NoRule(MethodNotApplicable, TypeError):
