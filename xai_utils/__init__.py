@@ -31,6 +31,7 @@ from xai_utils.data.classes import class_name, imagenet_classes
 from xai_utils.data.images import (
     ImageLoadError,
     composite,
+    image_name,
     load_image,
     load_sample,
     preprocess,
@@ -57,6 +58,7 @@ __all__ = [
     "explain_dataset",
     "features",
     "get_layer",
+    "image_name",
     "imagenet_classes",
     "input_spec",
     "inversion",

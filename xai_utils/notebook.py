@@ -88,7 +88,9 @@ def check_params(values: dict, **types) -> None:
 def setup(values: dict, **types):
     """The first code cell of every notebook: check the parameters' types (`check_params`),
     run on `DEVICE` when it is set, seed torch with `SEED`, and return
-    `load_model(MODEL)` when the notebook has a `MODEL` parameter (else None).
+    `load_model(MODEL, pretrained=PRETRAINED)` when the notebook has a `MODEL` parameter
+    (else None). `PRETRAINED` defaults to True; False gives a zoo model random weights, so
+    a notebook runs offline on any architecture (its maps then explain nothing).
 
     >>> model = setup(globals(), MODEL=str, SEED=int, DEVICE=str, INTERACTIVE=bool)
     """
@@ -102,7 +104,13 @@ def setup(values: dict, **types):
     torch.manual_seed(values.get("SEED", 0))
     if "MODEL" not in types:
         return None
-    return load_model(values["MODEL"])
+    pretrained = values.get("PRETRAINED", True)
+    model = load_model(values["MODEL"], pretrained=pretrained)
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"MODEL {values['MODEL']}: {type(model).__name__}, {size:.1f} M parameters, "
+          f"{'trained' if pretrained else 'random'} weights, {model.xai.input_size} px input, "
+          f"on {next(model.parameters()).device}")
+    return model
 
 
 def compare(a: float, b: float, less: str = "lower", more: str = "higher",

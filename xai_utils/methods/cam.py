@@ -43,13 +43,14 @@ from xai_utils.methods.cam_grads import (
     upsample,
     weighted_sum,
 )
-from xai_utils.methods.cam_head import gap_linear_head
+from xai_utils.methods.cam_head import gap_linear_head, global_pool_layer
 from xai_utils.methods.cam_layers import (
     LayerSpec,
     cam_layer_spec,
     default_layer,
     default_layer_spec,
     infer_layout,
+    last_conv_up_to,
     layer_spec,
     stage_layers,
     to_maps,
@@ -57,8 +58,8 @@ from xai_utils.methods.cam_layers import (
 
 __all__ = ["CAM", "ChannelWeightedMap", "GradCAM", "LayerCache", "LayerSpec",
            "activations_and_gradients", "cam", "cam_layer_spec", "default_layer",
-           "default_layer_spec", "gap_linear_head", "gradcam", "stage_layers", "upsample",
-           "weighted_sum"]
+           "default_layer_spec", "gap_linear_head", "global_pool_layer", "gradcam",
+           "last_conv_up_to", "stage_layers", "upsample", "weighted_sum"]
 
 
 @dataclass

@@ -40,6 +40,14 @@ def _pool_modules(pool: nn.Module | None) -> set[nn.Module]:
     return set() if pool is None else set(pool.modules())
 
 
+def global_pool_layer(model: nn.Module) -> str | None:
+    """The name of the module that pools the last map into the vector the classifier reads,
+    or None where there is none (class-token heads, DenseNet's functional pool)."""
+    inner, prefix = unwrap(model)
+    found = _find_pool(inner)
+    return prefix + found[0] if found is not None and found[1] is not None else None
+
+
 def gap_linear_head(model: nn.Module) -> nn.Linear:
     """The single linear layer behind a global average pool, or `MethodNotApplicable`
     naming what is missing or in the way (CAM is defined only for that head)."""

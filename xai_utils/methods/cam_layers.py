@@ -204,6 +204,24 @@ def layer_spec(model: nn.Module, layer: str | None, cam: bool = False) -> LayerS
     return LayerSpec(layer)
 
 
+def last_conv_up_to(model: nn.Module, layer: str) -> str:
+    """The last convolution in module order up to the end of `layer` (`layer` itself left
+    out): the layer a CAM hooked one step too early reads, before the normalisation, residual
+    add or activation that the pool sees (`conv_head` before `bn2`, `layer4.1.conv2` in
+    `layer4`)."""
+    names = [n for n, _ in model.named_modules()]
+    if layer not in names:
+        raise ValueError(f"{type(model).__name__} has no layer {layer!r}")
+    end = names.index(layer) + 1
+    while end < len(names) and names[end].startswith(layer + "."):
+        end += 1
+    convs = [n for n, m in list(model.named_modules())[:end]
+             if isinstance(m, nn.Conv2d) and n != layer]
+    if not convs:
+        raise MethodNotApplicable(f"no convolution runs before {layer!r}")
+    return convs[-1]
+
+
 def stage_layers(model: nn.Module) -> list[str]:
     """Layers from early to last for a Grad-CAM-across-depth figure (ends at the default)."""
     last = default_layer(model)
