@@ -8,13 +8,14 @@ classes, each classified with p >= --min-probability alone (Rao et al.: 0.99 on 
 validation images; no offline photo reaches that here), each cell at the model's input size
 (a 448 px grid). Every cell's class is explained on the grid; the table gives, per method,
 the localisation score (positive attribution in the cell / in the grid: mean, median,
-quartiles) and how often the
-map's maximum lies in the right cell. LRP is scored with each best-practice composite
-(Kohlbrenner et al. 2020) and the thesis one. `--steps N` adds the optimisation methods with
-N iterations (slow on a CPU). `--difull`: every cell through the features alone, its logits
-from its own part of the stitched feature map (`evaluation.grid.Disconnected`), so any
-attribution outside the cell is wrong; Grad-CAM reads the stitched map, CAM does not apply
-(no pooling head on the wrapper), occlusion scores the logit (the softmax would couple the
+quartiles) and how often the map's maximum lies in the right cell. LRP is scored with each
+best-practice composite (Kohlbrenner et al. 2020), the thesis one and `zplus_box`, and with
+each class-contrastive start (CLRP, SGLRP) on the papers' `zplus_box` and on the default
+composite. `--steps N` adds the optimisation methods with N iterations (slow on a CPU).
+`--difull`: every cell through the features alone, its logits from its own part of the
+stitched feature map (`evaluation.grid.Disconnected`), so any attribution outside the cell
+is wrong; Grad-CAM reads the stitched map, CAM does not apply (no pooling head on the
+wrapper), occlusion scores the logit (the softmax would couple the
 cells), and the optimisation methods, which score probabilities, are not run there.
 """
 
@@ -38,12 +39,13 @@ from xai_utils.evaluation.grid import (
     summarise,
 )
 from xai_utils.evaluation.harness import method_settings
+from xai_utils.methods.lrp import CONTRAST_COMPOSITE, CONTRASTS, DEFAULT_COMPOSITE
 
 # photos beyond the samples that the model classifies confidently (a file of an installed
 # package; scikit-image's "camera": CC0, photographer Lav Varshney)
 EXTRA = {"camera": ("skimage", "data/camera.png")}
 COMPOSITES = ["thesis", "epsilon_plus_flat", "epsilon_alpha2beta1_flat", "epsilon_gamma_box",
-              "epsilon_plus"]
+              "epsilon_plus", CONTRAST_COMPOSITE]
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -54,6 +56,8 @@ def configurations(model, steps: int, side: int) -> list[tuple[str, str, dict]]:
     """(label, method, parameters) of every row."""
     rows = [("gradient", "gradient", {}), ("gradcam", "gradcam", {}), ("cam", "cam", {})]
     rows += [(f"lrp {c}", "lrp", {"composite": c}) for c in COMPOSITES]
+    rows += [(f"lrp {comp} {c}", "lrp", {"composite": comp, "contrast": c})
+             for comp in (CONTRAST_COMPOSITE, DEFAULT_COMPOSITE) for c in CONTRASTS]
     rows.append(("occlusion", "occlusion", {"window": side // 7, "stride": side // 14}))
     if steps:
         settings = method_settings(model, steps=steps)

@@ -223,3 +223,51 @@ def test_alpha_beta_in_float32_does_not_depend_on_the_batch(lite0):
     lite0.float()
     assert float((batched - alone).norm() / alone.norm()) < 1e-4
     assert float((alone.double() - exact).norm() / exact.norm()) < 1e-3
+
+
+@pytest.mark.parametrize("contrast", ["clrp", "sglrp"])
+def test_contrastive_relevance_is_lrp_of_its_output_relevance(nets, contrast):
+    """CLRP and SGLRP start LRP from another output relevance; with LRP-0 on a bias-free
+    ReLU net the relevance of output k is x * grad z_k (times R_k / z_k), so the result must
+    equal that closed form, built here from plain autograd, and sum to the output
+    relevance: 0 for both (the dual class gets the target's score; a softmax gradient sums
+    to zero)."""
+    from xai_utils.methods.lrp import output_relevance
+
+    model, x = nets["resnet18"]
+    target = torch.tensor([3, 7])
+    relevance, _ = attribute(model, x, target, "epsilon", contrast=contrast, epsilon=1e-12)
+    xg = x.clone().requires_grad_(True)
+    z = model(xg)
+    starts = output_relevance(z, target, contrast)
+    signed = starts[0] - starts[1] if contrast == "clrp" else starts[0]
+    (grad,) = torch.autograd.grad(z, xg, grad_outputs=signed / z.detach())
+    torch.testing.assert_close(relevance, x * grad, rtol=1e-6, atol=1e-9)
+    total = relevance.flatten(1).sum(1)
+    torch.testing.assert_close(total, signed.sum(1), rtol=0, atol=1e-9)
+    assert registered_hooks(model) == 0
+
+
+def test_output_relevance_of_each_contrast():
+    from xai_utils.methods.lrp import output_relevance
+
+    z = torch.tensor([[2.0, -1.0, 0.5, 1.0]])
+    t = torch.tensor([0])
+    (own,) = output_relevance(z, t)
+    assert own.tolist() == [[2.0, 0.0, 0.0, 0.0]]
+    own, dual = output_relevance(z, t, "clrp")
+    torch.testing.assert_close(dual, torch.tensor([[0.0, 2 / 3, 2 / 3, 2 / 3]]))
+    (soft,) = output_relevance(z, t, "sglrp")
+    p = z.softmax(1)
+    torch.testing.assert_close(soft, p[0, 0] * (torch.tensor([[1.0, 0, 0, 0]]) - p))
+    assert soft[0, 0] > 0 and (soft[0, 1:] < 0).all()
+    with pytest.raises(ValueError, match="unknown contrast 'dual'"):
+        output_relevance(z, t, "dual")
+
+
+def test_clrp_map_is_the_positive_part_of_the_difference(shapes_model):
+    x = xu.data.shapes.generate(2, seed=4).images
+    e = xu.explain("lrp", shapes_model, x, contrast="clrp")
+    assert (e.saliency >= 0).all() and e.extras["contrast"] == "clrp"
+    torch.testing.assert_close(e.saliency, e.extras["relevance"].sum(1).clamp_min(0))
+    assert e.saliency.amax() > 0

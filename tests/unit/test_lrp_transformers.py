@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models.convnext import CNBlockConfig
 
 from xai_utils.core.hooks import registered_hooks
-from xai_utils.methods.lrp import attribute
+from xai_utils.methods.lrp import attribute, conservative
 from xai_utils.methods.lrp.conservative import held_constant, layer_norm
 
 CONSTANTS = ("bias", "pos_embed", "pos_embedding", "cls_token", "class_token", "dist_token",
@@ -169,3 +169,51 @@ def test_squeeze_excitation_gate_gets_no_relevance():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     relevance, logit = attribute(model, x, torch.tensor([0, 2]), "epsilon", epsilon=1e-12)
     torch.testing.assert_close(relevance.flatten(1).sum(1), logit, rtol=1e-9, atol=0)
+
+
+def test_attnlrp_attention_follows_the_softmax_and_uniform_rules():
+    """AttnLRP (Achtibat et al. 2024, eqs. for the softmax and for a product of two inputs),
+    checked against the formulas written out here: the values get half the output's
+    relevance; the attention weights the other half; the softmax rule
+    R_logit = x (R_A - A sum R_A) per row; queries and keys half of each logit's relevance."""
+    from xai_utils.methods.lrp.conservative import attnlrp_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    g = torch.randn(1, 2, 5, 4, generator=gen, dtype=torch.float64)
+    out = attnlrp_attention(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    gq, gk, gv = torch.autograd.grad(out, (q, k, v), grad_outputs=g)
+    logits = q.detach() @ k.detach().transpose(-2, -1) * 4 ** -0.5
+    a = logits.softmax(-1)
+    r_a = a * (0.5 * g @ v.detach().transpose(-2, -1))
+    r_logits = logits * (r_a - a * r_a.sum(-1, keepdim=True))
+    torch.testing.assert_close(v.detach() * gv, 0.5 * (a.transpose(-2, -1) @ g) * v.detach())
+    torch.testing.assert_close((q.detach() * gq).sum(-1), 0.5 * r_logits.sum(-1))
+    torch.testing.assert_close((k.detach() * gk).sum(-1), 0.5 * r_logits.sum(-2))
+
+
+@pytest.mark.parametrize("net", ["torchvision_vit", "timm_vit", "timm_deit_distilled"])
+def test_attnlrp_sends_relevance_through_queries_and_keys(nets, net):
+    """On ViTs the AttnLRP maps differ from the conservative ones (queries and keys now take
+    relevance), are finite, and leave no patch behind."""
+    model, x = nets[net]
+    target = torch.tensor([1, 3])
+    cp, _ = attribute(model, x, target, "epsilon", epsilon=1e-12)
+    attn, _ = attribute(model, x, target, "epsilon", attention="attnlrp", epsilon=1e-12)
+    assert torch.isfinite(attn).all() and attn.abs().sum() > 0
+    assert not torch.allclose(attn, cp, rtol=1e-3, atol=1e-6)
+    assert F.softmax is conservative._ORIGINAL["softmax"]
+    assert registered_hooks(model) == 0
+
+
+def test_attnlrp_refuses_attention_written_as_matrix_products(nets):
+    from xai_utils.core.registry import MethodNotApplicable
+
+    model, x = nets["torchvision_swin"]
+    with pytest.raises(MethodNotApplicable, match="scaled_dot_product_attention"):
+        attribute(model, x, torch.tensor([0, 1]), "epsilon", attention="attnlrp")
+    assert torch.softmax is conservative._ORIGINAL["torch_softmax"]
+    with pytest.raises(ValueError, match="attention must be one of"):
+        attribute(model, x, torch.tensor([0, 1]), "epsilon", attention="attn")

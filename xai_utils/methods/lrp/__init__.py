@@ -6,13 +6,19 @@ the thesis "Deep Introspection" (ch. 3.3.1) to find the relevant pixels of a dec
     expl.saliency              # B x H x W: relevance summed over colour channels
     expl.extras["relevance"]   # B x C x H x W input relevance
     expl.extras["logit"]       # B: the explained logit (= the relevance's sum when conserved)
+    xu.explain("lrp", model, x, target, contrast="clrp")   # or "sglrp": class-contrastive
+    xu.explain("lrp", vit, x, target, attention="attnlrp")  # AttnLRP's attention rules
 
 Rules (rules.py) are forward hooks in the modified-gradient form; composites
 (composites.py) say which rule each layer type gets; `canonized` (core/model_state.py) merges
 BatchNorm into the layer before it; LayerNorm and attention are held constant in the
 backward pass (conservative.py, Ali et al. 2022), squeeze-and-excitation gates too.
 Relevance at the output is the target logit itself (Bach et al.: R = f(x)), so with
-conservative rules the input relevance sums to the logit.
+conservative rules the input relevance sums to the logit. `contrast` starts from another
+output relevance: "clrp" subtracts the relevance of the dual class, the other classes
+sharing the target's score (CLRP, Gu, Yang & Tresp 2018, ACCV), "sglrp" starts from the
+gradient of the target's softmax probability, positive for the target and negative for the
+others in proportion to their probability (SGLRP, Iwana, Kuroki & Uchida 2019, ICCVW).
 A layer type that no rule covers raises an error naming it before anything runs.
 """
 
@@ -30,8 +36,9 @@ from xai_utils.methods.lrp.composites import COMPOSITES, Composite, get_composit
 from xai_utils.methods.lrp.conservative import held_constant
 from xai_utils.methods.lrp.rules import Gate, Pass
 
-__all__ = ["COMPOSITES", "Composite", "NoRule", "attribute", "canonized", "get_composite",
-           "input_bounds", "lrp", "mark_pixels"]
+__all__ = ["COMPOSITES", "CONTRASTS", "CONTRAST_COMPOSITE", "Composite", "NoRule", "attribute",
+           "canonized", "get_composite", "input_bounds", "lrp", "mark_pixels",
+           "output_relevance"]
 
 # element-wise activations that get the pass-through rule (ReLU's own gradient already is)
 ACTIVATIONS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Tanh,
@@ -45,8 +52,12 @@ GRADIENT_OK = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dr
 
 
 
+# output relevances besides the target logit (see the module docstring)
+CONTRASTS = ("clrp", "sglrp")
 # the default composite: the best-practice one that localises best on GridPG (see `lrp`)
 DEFAULT_COMPOSITE = "epsilon_gamma_box"
+# the default with a `contrast`: the rules of Gu et al. and Iwana et al. (see composites.py)
+CONTRAST_COMPOSITE = "zplus_box"
 # modules that multiply their input by a gate computed from it (squeeze-and-excitation)
 GATES = ("SqueezeExcitation", "SqueezeExcite", "SEModule", "EffectiveSEModule")
 # constant per-channel scales (ConvNeXt, CaiT): the gradient is the right rule
@@ -124,17 +135,55 @@ def _hook(rule, comp: Composite, ctx: _Context):
     return hook
 
 
+def output_relevance(logits: torch.Tensor, target: torch.Tensor,
+                     contrast: str | None = None) -> list[torch.Tensor]:
+    """The relevance at the output (B x K each) that LRP propagates: the target logit
+    (Bach et al.), or for "clrp" that and the dual class's (the target's score shared evenly
+    by the other classes, Gu et al.'s CLRP1), or for "sglrp" the softmax gradient
+    d p_t / d z_k = p_t (1[k = t] - p_k) (Iwana et al.)."""
+    z = logits.detach()
+    own = torch.zeros_like(z).scatter_(1, target[:, None], z.gather(1, target[:, None]))
+    if contrast is None:
+        return [own]
+    if contrast == "clrp":
+        dual = (own.sum(1, keepdim=True) / (z.shape[1] - 1)).expand_as(z).clone()
+        return [own, dual.scatter_(1, target[:, None], 0.0)]
+    if contrast == "sglrp":  # (softmax from exp: the function may be patched in an LRP pass)
+        p = (z - z.logsumexp(1, keepdim=True)).exp()
+        p_t = p.gather(1, target[:, None])
+        return [p_t * (torch.zeros_like(p).scatter_(1, target[:, None], 1.0) - p)]
+    raise ValueError(f"unknown contrast {contrast!r}; use None or one of {CONTRASTS}")
+
+
+def _seed(relevance: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The backward seed that starts `relevance` at the output: the rules propagate
+    z_k * seed_k as output k's relevance (the modified-gradient form), so seed = R / z."""
+    z = logits.detach()
+    tiny = torch.finfo(z.dtype).tiny
+    safe = torch.where(z.abs() > tiny, z, torch.full_like(z, tiny))
+    return torch.where(relevance == 0, torch.zeros_like(z), relevance / safe)
+
+
 def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-              composite: str | Composite = DEFAULT_COMPOSITE, canonize: bool = True,
+              composite: str | Composite | None = None, canonize: bool = True,
+              contrast: str | None = None, attention: str = "conservative",
               **params) -> tuple[torch.Tensor, torch.Tensor]:
     """Input relevance (B x C x H x W) and explained logits (B) for `target` (B-long).
 
-    `params` go to `get_composite` (epsilon, gamma, alpha, beta, stabilizer, bounds, maxpool).
+    `composite`: None is `DEFAULT_COMPOSITE`, or `CONTRAST_COMPOSITE` with a `contrast`.
+    `contrast`: None, "clrp" (the target's relevance minus the dual class's) or "sglrp"
+    (see `output_relevance`). `attention`: "conservative" (Ali et al. 2022) or "attnlrp"
+    (Achtibat et al. 2024; conservative.py). `params` go to `get_composite` (epsilon, gamma,
+    alpha, beta, stabilizer, bounds, maxpool).
     """
+    if contrast is not None and contrast not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r}; use None or one of {CONTRASTS}")
+    if composite is None:
+        composite = DEFAULT_COMPOSITE if contrast is None else CONTRAST_COMPOSITE
     comp = get_composite(composite, model, batch=x, **params)
     handles = []
     with (torch.enable_grad(), canonized(model, ACTIVATIONS) if canonize else nullcontext(),
-          held_constant()):
+          held_constant(attention)):
         try:
             plan = _plan(model, comp)
             probe = torch.ones_like(x, requires_grad=True)
@@ -145,8 +194,15 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
             if comp.pixel is not None and ctx.pixel_hits == 0:
                 raise RuntimeError(f"composite {comp.name!r} has a pixel-layer rule but no "
                                    "convolution or linear layer received the model's input")
-            seed = torch.zeros_like(out).scatter_(1, target[:, None], 1.0)
-            (relevance,) = torch.autograd.grad(out, probe, grad_outputs=seed)
+            if contrast is None:  # R = the target logit: the seed is one-hot
+                seed = torch.zeros_like(out).scatter_(1, target[:, None], 1.0)
+                (relevance,) = torch.autograd.grad(out, probe, grad_outputs=seed)
+            else:
+                starts = output_relevance(out, target, contrast)
+                parts = [torch.autograd.grad(out, probe, grad_outputs=_seed(r, out),
+                                             retain_graph=i + 1 < len(starts))[0]
+                         for i, r in enumerate(starts)]
+                relevance = parts[0] - parts[1] if len(parts) == 2 else parts[0]
         finally:
             for handle in handles:
                 handle.remove()
@@ -155,15 +211,25 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
 
 @register("lrp")
 def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-        composite: str | Composite = DEFAULT_COMPOSITE, canonize: bool = True,
+        composite: str | Composite | None = None, canonize: bool = True,
+        contrast: str | None = None, attention: str = "conservative",
         **params) -> Explanation:
     """LRP heatmaps for a batch. `composite`: one of `COMPOSITES` or a `Composite`.
 
     The default, `epsilon_gamma_box` (Kohlbrenner et al. 2020's best practice: gamma on
     convolutions, epsilon on dense layers, z^B at the pixels), is the best-practice composite
     that localises best on the grid pointing game (`benchmarks/gridpg.py`); `thesis` (alpha 2,
-    beta 1 everywhere, z^B at the pixels) is the one notebook 06 reproduces."""
-    relevance, logit = attribute(model, x, target, composite, canonize, **params)
+    beta 1 everywhere, z^B at the pixels) is the one notebook 06 reproduces. `contrast`:
+    "clrp" gives max(0, R - R_dual) summed over colours (Gu et al.), "sglrp" the relevance
+    of the softmax gradient (Iwana et al.; see `output_relevance`); both default to the
+    papers' rules (`zplus_box`)."""
+    if composite is None:
+        composite = DEFAULT_COMPOSITE if contrast is None else CONTRAST_COMPOSITE
+    relevance, logit = attribute(model, x, target, composite, canonize, contrast, attention,
+                                 **params)
     name = composite if isinstance(composite, str) else composite.name
-    return Explanation(relevance.sum(1), target,
-                       extras={"relevance": relevance, "logit": logit, "composite": name})
+    saliency = relevance.sum(1)
+    if contrast == "clrp":
+        saliency = saliency.clamp_min(0)
+    return Explanation(saliency, target, extras={"relevance": relevance, "logit": logit,
+                                                 "composite": name, "contrast": contrast})

@@ -9,6 +9,9 @@ Zennit's composites where they exist: `epsilon_plus_flat` = EpsilonPlusFlat,
 `epsilon_alpha2beta1` = EpsilonAlpha2Beta1, `epsilon_gamma_box` = EpsilonGammaBox. `thesis`
 is the setup of the MEng thesis "Deep Introspection" (ch. 3.3.1): alpha=2, beta=1 on every
 convolution and linear layer, z^B at the pixel layer, winner-take-all max-pooling.
+`zplus_box` (z+ on every convolution and linear layer, z^B at the pixels) is the setup of
+the class-contrastive variants, CLRP (Gu et al. 2018) and SGLRP (Iwana et al. 2019): z+
+keeps any output relevance stable, where the epsilon rule divides it by logits near zero.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def _build(name: str, p: dict) -> Composite:
     table = {
         "epsilon": lambda: Composite(name, eps(), eps()),
         "zplus": lambda: Composite(name, plus(), plus()),
+        "zplus_box": lambda: Composite(name, plus(), plus(), box()),
         "alpha2beta1": lambda: Composite(name, ab(2, 1), ab(2, 1)),
         "alpha1beta0": lambda: Composite(name, ab(1, 0), ab(1, 0)),
         "alphabeta": lambda: Composite(name, ab(alpha, beta), ab(alpha, beta)),
@@ -131,7 +135,7 @@ def _build(name: str, p: dict) -> Composite:
     return table[name]()
 
 
-COMPOSITES = ("epsilon", "zplus", "alpha2beta1", "alpha1beta0", "alphabeta", "gamma",
+COMPOSITES = ("epsilon", "zplus", "zplus_box", "alpha2beta1", "alpha1beta0", "alphabeta", "gamma",
               "epsilon_plus", "epsilon_plus_flat", "epsilon_alpha2beta1",
               "epsilon_alpha2beta1_flat", "epsilon_gamma_box", "epsilon_wsquare", "thesis")
 

@@ -16,9 +16,14 @@ these functions is covered without knowing its classes: torchvision's ViT
 The replacement is global while the pass runs (its values are unchanged, so other code sees
 the same outputs; only gradients taken at the same time in another thread would differ).
 
-Where this departs from AttnLRP (Achtibat et al. 2024, ICML): AttnLRP also sends relevance
-through the softmax and through the query-key product; here queries and keys receive none,
-as in Ali et al.
+`held_constant(attention="attnlrp")` keeps the LN-rule but follows AttnLRP (Achtibat et al.
+2024, ICML, sec. 3) in attention: relevance also flows through the softmax and the
+query-key product. In the modified-gradient form (relevance = value x gradient) AttnLRP's
+softmax rule, R_in = x (R_out - s sum R_out), is the softmax's own gradient, and its uniform
+rule for a product of two inputs halves the gradient of each factor. This needs attention
+computed by `F.scaled_dot_product_attention`; a softmax called elsewhere (attention written
+as explicit matrix products, as in torchvision's Swin) is refused, since its products would
+send the full relevance down both factors.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from xai_utils.core.registry import MethodNotApplicable
 from xai_utils.methods.lrp.rules import attach
 
 Tensor = torch.Tensor
@@ -72,7 +78,7 @@ def attention_weights(query: Tensor, key: Tensor, attn_mask=None, is_causal: boo
     if attn_mask is not None:
         logits = (logits.masked_fill(~attn_mask, float("-inf"))
                   if attn_mask.dtype == torch.bool else logits + attn_mask)
-    return _ORIGINAL["softmax"](logits, -1)
+    return _ORIGINAL["tensor_softmax"](logits, -1)  # the method: F.softmax calls it
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
@@ -91,13 +97,52 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     return attach(out, weights @ value)
 
 
+def _half(t: Tensor) -> Tensor:
+    """The value of `t` with half its gradient: AttnLRP's uniform rule for one factor of a
+    product of two inputs (each factor gets half the product's relevance)."""
+    return 0.5 * t + 0.5 * t.detach()
+
+
+def attnlrp_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
+                      dropout_p: float = 0.0, is_causal: bool = False,
+                      scale: float | None = None, enable_gqa: bool = False) -> Tensor:
+    """`F.scaled_dot_product_attention` with AttnLRP's gradient: the uniform rule on
+    Q K^T and on A V, the softmax's own gradient in between."""
+    kwargs = {"enable_gqa": True} if enable_gqa else {}
+    out = _ORIGINAL["attention"](query, key, value, attn_mask, dropout_p, is_causal,
+                                 scale=scale, **kwargs)
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        repeat = query.shape[-3] // key.shape[-3]
+        key, value = (t.repeat_interleave(repeat, dim=-3) for t in (key, value))
+    weights = attention_weights(_half(query), _half(key), attn_mask, is_causal, scale)
+    return attach(out, _half(weights) @ _half(value))
+
+
+def _refused_softmax(*args, **kwargs) -> Tensor:
+    raise MethodNotApplicable(
+        "LRP with attention='attnlrp' needs attention through F.scaled_dot_product_attention; "
+        "this model calls a softmax itself (attention as explicit matrix products, whose "
+        "factors would each get the full relevance); use attention='conservative'")
+
+
+ATTENTION_RULES = ("conservative", "attnlrp")
+
+
 @contextmanager
-def held_constant():
-    """Within the block, LayerNorm's normaliser and attention weights get no gradient."""
+def held_constant(attention: str = "conservative"):
+    """Within the block, LayerNorm's normaliser gets no gradient, and attention follows
+    `attention`: "conservative" (Ali et al.: the weights get no gradient) or "attnlrp"
+    (Achtibat et al.: see the module docstring)."""
+    if attention not in ATTENTION_RULES:
+        raise ValueError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
     saved_method = vars(torch.Tensor).get("softmax")
-    F.layer_norm, F.softmax = layer_norm, softmax
-    F.scaled_dot_product_attention = scaled_dot_product_attention
-    torch.softmax, torch.Tensor.softmax = torch_softmax, tensor_softmax
+    F.layer_norm = layer_norm
+    if attention == "conservative":
+        F.softmax, F.scaled_dot_product_attention = softmax, scaled_dot_product_attention
+        torch.softmax, torch.Tensor.softmax = torch_softmax, tensor_softmax
+    else:
+        F.softmax, F.scaled_dot_product_attention = _refused_softmax, attnlrp_attention
+        torch.softmax = torch.Tensor.softmax = _refused_softmax
     try:
         yield
     finally:
