@@ -2,6 +2,7 @@
 on offline photos.
 
     python benchmarks/gridpg.py [--grids 20] [--steps 0] [--min-probability 0.3] [--difull]
+                                [--auc 16]
 
 EfficientNet-Lite0; 2 x 2 grids of four offline photos (the samples and `EXTRA`) of different
 classes, each classified with p >= --min-probability alone (Rao et al.: 0.99 on ImageNet
@@ -17,6 +18,10 @@ stitched feature map (`evaluation.grid.Disconnected`), so any attribution outsid
 is wrong; Grad-CAM reads the stitched map, CAM does not apply (no pooling head on the
 wrapper), occlusion scores the logit (the softmax would couple the
 cells), and the optimisation methods, which score probabilities, are not run there.
+`--auc N` adds, on GridPG, each map's deletion AUC (the most salient pixels replaced by a
+blurred copy of the grid, the baseline that separates methods best on the shapes:
+`benchmarks/deletion_baselines.py`) and insertion AUC (revealed on that blurred copy) of the
+cell's class probability, N points per curve, and a random-map row as their floor.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from xai_utils.evaluation.grid import (
     summarise,
 )
 from xai_utils.evaluation.harness import method_settings
+from xai_utils.evaluation.metrics import deletion_auc, gaussian_blur, insertion_auc
 from xai_utils.methods.lrp import CONTRAST_COMPOSITE, CONTRASTS, DEFAULT_COMPOSITE
 
 # photos beyond the samples that the model classifies confidently (a file of an installed
@@ -75,7 +81,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="rows whose label starts with one of these")
     parser.add_argument("--difull", action="store_true",
                         help="the disconnected setting: each cell's logits see that cell only")
+    parser.add_argument("--auc", type=int, default=0,
+                        help="GridPG only: deletion / insertion AUCs with N points per curve")
     args = parser.parse_args()
+    if args.auc and args.difull:
+        parser.error("--auc applies to GridPG, not to --difull")
     model = xu.load_model("efficientnet_lite0")
     photos = {**sample_images(), **{name: package_file(*where) for name, where in EXTRA.items()}}
     grids = make_grids(model, photos, args.grids, args.min_probability)
@@ -97,16 +107,23 @@ def main() -> None:
           + ", ".join(f"{name} {p:.2f}" for name, p in zip(grids.names, grids.probability,
                                                            strict=True))
           + f"), {x.shape[-1]} px, device {xu.device()}")
-    print("| method | maps | mean | median | quartiles | peak in cell | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    auc = ("| deletion | insertion ", "|---|---") if args.auc else ("", "")
+    print(f"| method | maps | mean | median | quartiles | peak in cell {auc[0]}| seconds |")
+    print(f"|---|---|---|---|---|---{auc[1]}|---|")
     if args.only:
         rows = [row for row in rows if row[0].startswith(tuple(args.only))]
+    if args.auc:
+        rows.append(("random", "random", {}))
+        blurred = gaussian_blur(x)
+    gen = torch.Generator().manual_seed(0)
     for label, method, params in rows:
         start, maps = time.perf_counter(), []
         try:
             for i in range(0, len(x), args.batch):
-                maps.append(xu.explain(method, model, x[i:i + args.batch],
-                                       targets[i:i + args.batch], **params).saliency.detach())
+                xb, tb = x[i:i + args.batch], targets[i:i + args.batch]
+                maps.append(torch.rand(xb.shape[0], *xb.shape[2:], generator=gen).to(xb)
+                            if method == "random" else
+                            xu.explain(method, model, xb, tb, **params).saliency.detach())
         except (xu.MethodNotApplicable, RuntimeError) as err:
             print(f"| {label} | does not apply: {str(err)[:90]} | | | | | |")
             continue
@@ -114,8 +131,13 @@ def main() -> None:
         scores = localisation(maps, cells).cpu().numpy()
         s = summarise(scores)
         peak = float(peak_in_cell(maps, cells).float().mean())
+        aucs = ""
+        if args.auc:
+            d = deletion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
+            n = insertion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
+            aucs = f"| {float(d.mean()):.3f} | {float(n.mean()):.3f} "
         print(f"| {label} | {len(scores)} | {s['mean']:.3f} | {s['median']:.3f} | "
-              f"{s['q25']:.2f}-{s['q75']:.2f} | {peak:.0%} | "
+              f"{s['q25']:.2f}-{s['q75']:.2f} | {peak:.0%} {aucs}| "
               f"{time.perf_counter() - start:.0f} |", flush=True)
     print("a map spread evenly over the grid scores 0.25; peak in cell by chance: 25 %")
 
