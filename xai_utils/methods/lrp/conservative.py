@@ -81,20 +81,29 @@ def attention_weights(query: Tensor, key: Tensor, attn_mask=None, is_causal: boo
     return _ORIGINAL["tensor_softmax"](logits, -1)  # the method: F.softmax calls it
 
 
-def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
-                                 dropout_p: float = 0.0, is_causal: bool = False,
-                                 scale: float | None = None, enable_gqa: bool = False
-                                 ) -> Tensor:
-    """`F.scaled_dot_product_attention` whose gradient holds the weights constant (AH-rule):
-    relevance flows to the values only."""
+def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask, dropout_p: float,
+               is_causal: bool, scale: float | None, enable_gqa: bool, carrier) -> Tensor:
+    """The fused attention's value with the gradient of `carrier(query, key, value)`
+    (keys and values repeated per query head where grouped)."""
     kwargs = {"enable_gqa": True} if enable_gqa else {}
     out = _ORIGINAL["attention"](query, key, value, attn_mask, dropout_p, is_causal,
                                  scale=scale, **kwargs)
     if enable_gqa and key.shape[-3] != query.shape[-3]:
         repeat = query.shape[-3] // key.shape[-3]
         key, value = (t.repeat_interleave(repeat, dim=-3) for t in (key, value))
-    weights = attention_weights(query, key, attn_mask, is_causal, scale).detach()
-    return attach(out, weights @ value)
+    return attach(out, carrier(query, key, value))
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None, enable_gqa: bool = False
+                                 ) -> Tensor:
+    """`F.scaled_dot_product_attention` whose gradient holds the weights constant (AH-rule):
+    relevance flows to the values only."""
+    def held(q, k, v):
+        return attention_weights(q, k, attn_mask, is_causal, scale).detach() @ v
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                      held)
 
 
 def _half(t: Tensor) -> Tensor:
@@ -108,14 +117,11 @@ def attnlrp_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
                       scale: float | None = None, enable_gqa: bool = False) -> Tensor:
     """`F.scaled_dot_product_attention` with AttnLRP's gradient: the uniform rule on
     Q K^T and on A V, the softmax's own gradient in between."""
-    kwargs = {"enable_gqa": True} if enable_gqa else {}
-    out = _ORIGINAL["attention"](query, key, value, attn_mask, dropout_p, is_causal,
-                                 scale=scale, **kwargs)
-    if enable_gqa and key.shape[-3] != query.shape[-3]:
-        repeat = query.shape[-3] // key.shape[-3]
-        key, value = (t.repeat_interleave(repeat, dim=-3) for t in (key, value))
-    weights = attention_weights(_half(query), _half(key), attn_mask, is_causal, scale)
-    return attach(out, _half(weights) @ _half(value))
+    def uniform(q, k, v):
+        weights = attention_weights(_half(q), _half(k), attn_mask, is_causal, scale)
+        return _half(weights) @ _half(v)
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                      uniform)
 
 
 def _refused_softmax(*args, **kwargs) -> Tensor:
