@@ -21,7 +21,9 @@ cells), and the optimisation methods, which score probabilities, are not run the
 `--auc N` adds, on GridPG, each map's deletion AUC (the most salient pixels replaced by a
 blurred copy of the grid, the baseline that separates methods best on the shapes:
 `benchmarks/deletion_baselines.py`) and insertion AUC (revealed on that blurred copy) of the
-cell's class probability, N points per curve, and a random-map row as their floor.
+cell's class probability, N points per curve, each divided by that probability on the
+intact grid (so 1 means "as probable as on the grid" throughout), and a random-map row as
+their floor.
 """
 
 from __future__ import annotations
@@ -107,14 +109,19 @@ def main() -> None:
           + ", ".join(f"{name} {p:.2f}" for name, p in zip(grids.names, grids.probability,
                                                            strict=True))
           + f"), {x.shape[-1]} px, device {xu.device()}")
-    auc = ("| deletion | insertion ", "|---|---") if args.auc else ("", "")
-    print(f"| method | maps | mean | median | quartiles | peak in cell {auc[0]}| seconds |")
-    print(f"|---|---|---|---|---|---{auc[1]}|---|")
     if args.only:
         rows = [row for row in rows if row[0].startswith(tuple(args.only))]
     if args.auc:
         rows.append(("random", "random", {}))
         blurred = gaussian_blur(x)
+        with torch.no_grad():
+            p0 = torch.cat([model(x[i:i + args.batch]).softmax(1) for i in
+                            range(0, len(x), args.batch)]).gather(1, targets[:, None])[:, 0]
+        print(f"cell class probability on the intact grid: mean {float(p0.mean()):.3f}, "
+              f"median {float(p0.median()):.3f}; AUCs below are divided by it")
+    auc = ("| deletion | insertion ", "|---|---") if args.auc else ("", "")
+    print(f"| method | maps | mean | median | quartiles | peak in cell {auc[0]}| seconds |")
+    print(f"|---|---|---|---|---|---{auc[1]}|---|")
     gen = torch.Generator().manual_seed(0)
     for label, method, params in rows:
         start, maps = time.perf_counter(), []
@@ -135,7 +142,7 @@ def main() -> None:
         if args.auc:
             d = deletion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
             n = insertion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
-            aucs = f"| {float(d.mean()):.3f} | {float(n.mean()):.3f} "
+            aucs = f"| {float((d / p0).mean()):.3f} | {float((n / p0).mean()):.3f} "
         print(f"| {label} | {len(scores)} | {s['mean']:.3f} | {s['median']:.3f} | "
               f"{s['q25']:.2f}-{s['q75']:.2f} | {peak:.0%} {aucs}| "
               f"{time.perf_counter() - start:.0f} |", flush=True)
