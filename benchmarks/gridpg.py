@@ -2,7 +2,7 @@
 on offline photos.
 
     python benchmarks/gridpg.py [--grids 20] [--steps 0] [--min-probability 0.3] [--difull]
-                                [--auc 16]
+                                [--auc 16] [--plot figures/gridpg_scores.png]
 
 EfficientNet-Lite0; 2 x 2 grids of four offline photos (the samples and `EXTRA`) of different
 classes, each classified with p >= --min-probability alone (Rao et al.: 0.99 on ImageNet
@@ -23,7 +23,8 @@ blurred copy of the grid, the baseline that separates methods best on the shapes
 `benchmarks/deletion_baselines.py`) and insertion AUC (revealed on that blurred copy) of the
 cell's class probability, N points per curve, each divided by that probability on the
 intact grid (so 1 means "as probable as on the grid" throughout), and a random-map row as
-their floor.
+their floor. `--plot FILE` draws the localisation scores of every row as box plots (the
+papers' figure).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="rows whose label starts with one of these")
     parser.add_argument("--difull", action="store_true",
                         help="the disconnected setting: each cell's logits see that cell only")
+    parser.add_argument("--plot", help="save box plots of the localisation scores here")
     parser.add_argument("--auc", type=int, default=0,
                         help="GridPG only: deletion / insertion AUCs with N points per curve")
     args = parser.parse_args()
@@ -123,6 +125,7 @@ def main() -> None:
     print(f"| method | maps | mean | median | quartiles | peak in cell {auc[0]}| seconds |")
     print(f"|---|---|---|---|---|---{auc[1]}|---|")
     gen = torch.Generator().manual_seed(0)
+    distributions = {}
     for label, method, params in rows:
         start, maps = time.perf_counter(), []
         try:
@@ -136,6 +139,7 @@ def main() -> None:
             continue
         maps = torch.cat(maps)
         scores = localisation(maps, cells).cpu().numpy()
+        distributions[label] = scores
         s = summarise(scores)
         peak = float(peak_in_cell(maps, cells).float().mean())
         aucs = ""
@@ -147,6 +151,28 @@ def main() -> None:
               f"{s['q25']:.2f}-{s['q75']:.2f} | {peak:.0%} {aucs}| "
               f"{time.perf_counter() - start:.0f} |", flush=True)
     print("a map spread evenly over the grid scores 0.25; peak in cell by chance: 25 %")
+    if args.plot:
+        plot(distributions, args.plot, "DiFull" if args.difull else "GridPG", n)
+
+
+def plot(distributions: dict, path: str, setting: str, grids: int) -> None:
+    """Box plots of the localisation scores, one row per method (Rao et al.'s figures)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(distributions)[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(labels) + 1.5), layout="constrained")
+    ax.boxplot([distributions[k] for k in labels], orientation="horizontal", whis=(5, 95),
+               flierprops={"markersize": 3})
+    ax.set_yticks(range(1, len(labels) + 1), labels)
+    ax.axvline(0.25, color="grey", ls="--", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("positive attribution in the cell / in the grid (dashed: an even map)")
+    ax.set_title(f"{setting}, EfficientNet-Lite0, {grids} grids x 4 cells\n"
+                 "boxes: quartiles; whiskers: 5th-95th percentile", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"box plots: {path}")
 
 
 if __name__ == "__main__":
