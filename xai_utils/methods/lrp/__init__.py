@@ -164,6 +164,13 @@ def _seed(relevance: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return torch.where(relevance == 0, torch.zeros_like(z), relevance / safe)
 
 
+def _composite_for(composite: str | Composite | None, contrast: str | None):
+    """The composite asked for, or the default for plain LRP or for a contrast."""
+    if composite is not None:
+        return composite
+    return DEFAULT_COMPOSITE if contrast is None else CONTRAST_COMPOSITE
+
+
 def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
               composite: str | Composite | None = None, canonize: bool = True,
               contrast: str | None = None, attention: str = "conservative",
@@ -178,9 +185,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     """
     if contrast is not None and contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r}; use None or one of {CONTRASTS}")
-    if composite is None:
-        composite = DEFAULT_COMPOSITE if contrast is None else CONTRAST_COMPOSITE
-    comp = get_composite(composite, model, batch=x, **params)
+    comp = get_composite(_composite_for(composite, contrast), model, batch=x, **params)
     handles = []
     with (torch.enable_grad(), canonized(model, ACTIVATIONS) if canonize else nullcontext(),
           held_constant(attention)):
@@ -197,12 +202,10 @@ def attribute(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
             if contrast is None:  # R = the target logit: the seed is one-hot
                 seed = torch.zeros_like(out).scatter_(1, target[:, None], 1.0)
                 (relevance,) = torch.autograd.grad(out, probe, grad_outputs=seed)
-            else:
+            else:  # LRP is linear in the output relevance: CLRP's difference in one pass
                 starts = output_relevance(out, target, contrast)
-                parts = [torch.autograd.grad(out, probe, grad_outputs=_seed(r, out),
-                                             retain_graph=i + 1 < len(starts))[0]
-                         for i, r in enumerate(starts)]
-                relevance = parts[0] - parts[1] if len(parts) == 2 else parts[0]
+                signed = starts[0] - starts[1] if len(starts) == 2 else starts[0]
+                (relevance,) = torch.autograd.grad(out, probe, grad_outputs=_seed(signed, out))
         finally:
             for handle in handles:
                 handle.remove()
@@ -223,8 +226,7 @@ def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     "clrp" gives max(0, R - R_dual) summed over colours (Gu et al.), "sglrp" the relevance
     of the softmax gradient (Iwana et al.; see `output_relevance`); both default to the
     papers' rules (`zplus_box`)."""
-    if composite is None:
-        composite = DEFAULT_COMPOSITE if contrast is None else CONTRAST_COMPOSITE
+    composite = _composite_for(composite, contrast)
     relevance, logit = attribute(model, x, target, composite, canonize, contrast, attention,
                                  **params)
     name = composite if isinstance(composite, str) else composite.name
