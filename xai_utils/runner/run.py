@@ -22,7 +22,7 @@ from xai_utils.core.inputs import input_spec, model_info
 from xai_utils.core.model_state import model_device
 from xai_utils.core.registry import explain, method_info
 from xai_utils.runner import store as st
-from xai_utils.runner.datasets import ItemDataset, Source, read_source
+from xai_utils.runner.datasets import ItemDataset, Source, collate_items, read_source
 
 
 @dataclass
@@ -97,7 +97,7 @@ def _explain_chunk(method: str, model: nn.Module, batch: dict, labels: np.ndarra
     out = {"maps": np.full((n, size, size), np.nan, dtype=dtype),
            "target": np.full(n, -1, np.int64), "predicted": np.full(n, -1, np.int64),
            "probability": np.full(n, np.nan, np.float32), "status": np.full(n, st.DONE, np.int8),
-           "size": batch["size"].numpy().astype(np.int32)}
+           "size": batch["size"]}
     if target == "label":
         reasons = [r or ("no label for target='label'" if lab < 0 else "")
                    for r, lab in zip(reasons, labels, strict=True)]
@@ -203,8 +203,8 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
                 for c in mine]
         loader = DataLoader(ItemDataset(source, info.input_size, info.crop_pct,
                                         info.interpolation),
-                            batch_sampler=rows, num_workers=num_workers,
-                            pin_memory=dev.type == "cuda")
+                            batch_sampler=rows, collate_fn=collate_items,
+                            num_workers=num_workers, pin_memory=dev.type == "cuda")
         labels = np.array([it.label for it in source.items], dtype=np.int64)
         total = sum(min(batch_size, len(source.items) - c * batch_size) for c in pending)
         steps = _reduce(len(mine), world, dev, dist.ReduceOp.MAX) if world > 1 else len(mine)
@@ -219,7 +219,7 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
                 if batch is not None:
                     chunk = int(batch["index"][0]) // batch_size
                     values = _explain_chunk(method, model, batch,
-                                            labels[batch["index"].numpy()], target, params,
+                                            labels[batch["index"]], target, params,
                                             seed, chunk, dtype)
                     writer.submit(chunk, values)
                     count = len(values["status"])

@@ -170,12 +170,14 @@ class ChunkWriter:
 
 def finish(group: zarr.Group) -> dict:
     """Write the error table and the summary of a complete store; return the summary."""
-    status, reason, files = group["status"][:], group["reason"][:], group["file"][:]
+    status = group["status"][:]
     bad = np.flatnonzero((status == SKIPPED) | (status == FAILED))
+    files = group["file"].get_coordinate_selection(bad) if len(bad) else np.array([], str)
+    reason = group["reason"].get_coordinate_selection(bad) if len(bad) else np.array([], str)
     errors = group.require_group("errors")
     for name, value, dtype in (("index", bad.astype(np.int64), "int64"),
-                               ("file", np.array([str(f) for f in files[bad]], dtype=str), str),
-                               ("reason", np.array([str(r) for r in reason[bad]], dtype=str), str)):
+                               ("file", np.array([str(f) for f in files], dtype=str), str),
+                               ("reason", np.array([str(r) for r in reason], dtype=str), str)):
         if name in errors:
             del errors[name]
         errors.create_array(name, shape=(len(bad),), dtype=dtype,
