@@ -24,7 +24,8 @@ blurred copy of the grid, the baseline that separates methods best on the shapes
 cell's class probability, N points per curve, each divided by that probability on the
 intact grid (so 1 means "as probable as on the grid" throughout), and a random-map row as
 their floor. `--plot FILE` draws the localisation scores of every row as box plots (the
-papers' figure).
+papers' figure); `--save FILE.npz` keeps them and `--add` draws saved rows of other runs beside
+them (e.g. the optimisation methods, run with more steps on fewer grids).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import importlib
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import xai_utils as xu
@@ -71,7 +73,7 @@ def configurations(model, steps: int, side: int) -> list[tuple[str, str, dict]]:
     if steps:
         settings = method_settings(model, steps=steps)
         for name in ("meaningful_perturbation", "extremal_perturbation", "perturbation_cnn"):
-            rows.append((name, name, dict(settings[name])))
+            rows.append((f"{name}, {steps} steps", name, dict(settings[name])))
     return rows
 
 
@@ -85,6 +87,9 @@ def main() -> None:
     parser.add_argument("--difull", action="store_true",
                         help="the disconnected setting: each cell's logits see that cell only")
     parser.add_argument("--plot", help="save box plots of the localisation scores here")
+    parser.add_argument("--save", help="save the localisation scores (.npz, one array per row)")
+    parser.add_argument("--add", nargs="+", default=[],
+                        help="--plot also draws the rows of these --save files")
     parser.add_argument("--auc", type=int, default=0,
                         help="GridPG only: deletion / insertion AUCs with N points per curve")
     args = parser.parse_args()
@@ -145,14 +150,19 @@ def main() -> None:
         aucs = ""
         if args.auc:
             d = deletion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
-            n = insertion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
-            aucs = f"| {float((d / p0).mean()):.3f} | {float((n / p0).mean()):.3f} "
+            ins = insertion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
+            aucs = f"| {float((d / p0).mean()):.3f} | {float((ins / p0).mean()):.3f} "
         print(f"| {label} | {len(scores)} | {s['mean']:.3f} | {s['median']:.3f} | "
               f"{s['q25']:.2f}-{s['q75']:.2f} | {peak:.0%} {aucs}| "
               f"{time.perf_counter() - start:.0f} |", flush=True)
     print("a map spread evenly over the grid scores 0.25; peak in cell by chance: 25 %")
+    if args.save:
+        np.savez(args.save, **distributions)
     if args.plot:
-        plot(distributions, args.plot, "DiFull" if args.difull else "GridPG", n)
+        for path in args.add:  # rows of other runs, e.g. optimisation methods on fewer grids
+            with np.load(path) as saved:
+                distributions |= {f"{k} ({len(v)} maps)": v for k, v in saved.items()}
+        plot(distributions, args.plot, "DiFull" if args.difull else "GridPG", len(grids.images))
 
 
 def plot(distributions: dict, path: str, setting: str, grids: int) -> None:
