@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,9 +163,10 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
     `shapes:N` or a Dataset (see `xai_utils.runner.datasets`). `target`: "top" (the
     predicted class), "label" (the dataset's label) or a class index. Items are explained in
     chunks of `batch_size` (one zarr chunk each) fed by a DataLoader with `num_workers`
-    workers; maps are stored as `dtype` (float16 or float32). Calling again with the same
-    arguments continues an interrupted run; a different run in `out` raises
-    `RunMismatchError` unless `overwrite=True`. Under torchrun the chunks are shared among
+    workers (0: the next chunk loads in a thread while one is explained); maps are stored
+    as `dtype` (float16 or float32). Calling again with the same arguments continues an
+    interrupted run; a different run in `out` raises `RunMismatchError` unless
+    `overwrite=True`. Under torchrun the chunks are shared among
     the processes. Bad items are skipped into the store's `errors` table.
     """
     if isinstance(model, str):
@@ -210,7 +212,7 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
         steps = _reduce(len(mine), world, dev, dist.ReduceOp.MAX) if world > 1 else len(mine)
         bar = tqdm(total=total, unit="img", disable=not progress or rank != 0,
                    desc=f"{method} x{world}", dynamic_ncols=True)
-        batches = iter(loader)
+        batches = iter(loader) if num_workers else _one_ahead(iter(loader))
         writer, explained = st.ChunkWriter(out), 0
         try:  # the writer overlaps each chunk's store writes with the next chunk's work
             for _ in range(steps):
@@ -227,6 +229,8 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
                 bar.update(_reduce(count, world, dev) if world > 1 else count)
         finally:
             writer.close()
+            if hasattr(batches, "close"):  # the loading thread of `_one_ahead`
+                batches.close()
         bar.close()
         if world > 1:
             explained = _reduce(explained, world, dev)
@@ -241,6 +245,17 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
     finally:
         if initialised:
             dist.destroy_process_group()
+
+
+def _one_ahead(iterator):
+    """The items of `iterator`, each next one fetched in a thread while the caller works on
+    the current one: without loader workers, decoding (which releases the interpreter lock)
+    overlaps the explanations instead of running between them."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(next, iterator, None)
+        while (item := future.result()) is not None:
+            future = pool.submit(next, iterator, None)
+            yield item
 
 
 def _reduce(value: int, world: int, device: torch.device, op=None) -> int:
