@@ -5,8 +5,9 @@
 Shapes images are written once as PNG files with VOC boxes; then, with one thread each:
 (a) a plain loop of load_image / preprocess / xu.explain over the same batches of files,
 keeping nothing; (b) the same loop saving one .npy per image (float16); (c)
-`xu.explain_dataset` into a zarr store (DataLoader in the main process, then with two
-workers); (d) the command line in one process and (e) under `torchrun --standalone
+`xu.explain_dataset` into a zarr store (DataLoader in the main process, the next chunk
+loading in a thread; the same with that thread off, loading between the explanations; then
+two loader workers); (d) the command line in one process and (e) under `torchrun --standalone
 --nproc_per_node=2` (times from the run's own summary line: interpreter start and model
 loading left out). Resident
 memory of (c) is sampled every 20 ms: the peak after the first chunk over the value then.
@@ -30,8 +31,11 @@ import psutil
 import torch
 
 import xai_utils as xu
+from xai_utils.runner import run as run_module
 from xai_utils.runner.datasets import read_source
 from xai_utils.runner.samples import write_shapes_voc
+
+one_ahead = run_module._one_ahead
 
 
 def plain_loop(model, files: list[Path], batch: int, method: str, npy: Path | None) -> float:
@@ -46,9 +50,10 @@ def plain_loop(model, files: list[Path], batch: int, method: str, npy: Path | No
     return time.perf_counter() - start
 
 
-def runner(model, data: Path, out: Path, batch: int, method: str,
-           workers: int) -> tuple[float, float]:
+def runner(model, data: Path, out: Path, batch: int, method: str, workers: int,
+           ahead: bool = True) -> tuple[float, float]:
     proc, samples, stop = psutil.Process(), [], threading.Event()
+    run_module._one_ahead = one_ahead if ahead else iter  # the thread off: load in turn
 
     def sample():
         while not stop.is_set():
@@ -101,14 +106,16 @@ def main() -> None:
         files = [data / it.file for it in read_source(data, model.xai.class_names).items]
         (tmp / "npy").mkdir()
         plain_loop(model, files[:args.batch], args.batch, args.method, None)  # warm-up
-        loops, npys, runs, workers = [], [], [], []
+        loops, npys, runs, inline, workers = [], [], [], [], []
         for r in range(args.repeats):  # interleaved: a shared machine's load hits all alike
             loops.append(plain_loop(model, files, args.batch, args.method, None))
             npys.append(plain_loop(model, files, args.batch, args.method, tmp / "npy"))
             runs.append(runner(model, data, tmp / f"run{r}.zarr", args.batch, args.method, 0))
+            inline.append(runner(model, data, tmp / f"in{r}.zarr", args.batch, args.method, 0,
+                                 ahead=False))
             workers.append(runner(model, data, tmp / f"w{r}.zarr", args.batch, args.method, 2))
         t_loop, t_npy = min(loops), min(npys)
-        (t_run, memory), (t_workers, _) = min(runs), min(workers)
+        (t_run, memory), (t_inline, _), (t_workers, _) = min(runs), min(inline), min(workers)
         t_one = cli_seconds(data, tmp / "one.zarr", args.batch, args.method, 1)
         t_two = cli_seconds(data, tmp / "two.zarr", args.batch, args.method, 2)
     n = len(files)
@@ -120,11 +127,14 @@ def main() -> None:
     for name, t, ref in (("plain loop of xu.explain", t_loop, t_loop),
                          ("loop + one .npy per image", t_npy, t_loop),
                          ("explain_dataset (zarr)", t_run, t_loop),
+                         ("explain_dataset, no loading thread", t_inline, t_loop),
                          ("explain_dataset, 2 loader workers", t_workers, t_loop),
                          ("CLI, 1 process", t_one, t_one),
                          ("torchrun, 2 processes", t_two, t_one)):
         print(f"| {name} | {t:.2f} | {n / t:.1f} | {t / ref:.3f} |")
     print(f"runner overhead vs plain loop: {100 * (t_run / t_loop - 1):+.1f} %")
+    print(f"runner without its loading thread vs plain loop: "
+          f"{100 * (t_inline / t_loop - 1):+.1f} %")
     print(f"runner with 2 loader workers vs plain loop: {100 * (t_workers / t_loop - 1):+.1f} %")
     print(f"runner vs .npy per image: {t_npy / t_run:.2f}x faster")
     print(f"two processes vs one: {t_one / t_two:.2f}x")

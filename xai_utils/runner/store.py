@@ -114,17 +114,27 @@ ITEM_ARRAYS = ("maps", "target", "predicted", "probability", "status", "reason",
 _OPEN: dict[str, dict] = {}  # the arrays of each store this process writes to
 
 
-def _write_rows(path: str, chunk: int, values: dict[str, np.ndarray]) -> None:
-    """Write one chunk's rows of every per-item array concurrently, then flag it done."""
-    import asyncio
-
+def _arrays(path: str) -> dict:
+    """The per-item arrays and the done flags of the store at `path`, opened once."""
     import zarr
-    from zarr.core.sync import sync
 
     if path not in _OPEN:
         group = zarr.open_group(path, mode="r+")
         _OPEN[path] = {name: group[name] for name in (*ITEM_ARRAYS, "done")}
-    arrays = _OPEN[path]
+    return _OPEN[path]
+
+
+def _prepare(path: str) -> None:
+    _arrays(path)
+
+
+def _write_rows(path: str, chunk: int, values: dict[str, np.ndarray]) -> None:
+    """Write one chunk's rows of every per-item array concurrently, then flag it done."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    arrays = _arrays(path)
     size = arrays["maps"].chunks[0]
     rows = slice(chunk * size, chunk * size + len(values["status"]))
 
@@ -150,7 +160,9 @@ class ChunkWriter:
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
         else:
             self.pool = ThreadPoolExecutor(max_workers=1)
-        self.futures: list = []
+        # open the arrays now: the writer process is forked here, before the caller starts
+        # any thread of its own (a fork copies no threads, only the locks they may hold)
+        self.futures: list = [self.pool.submit(_prepare, self.path)]
         self.pending = pending
 
     def submit(self, chunk: int, values: dict[str, np.ndarray]) -> None:
