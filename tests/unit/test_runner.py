@@ -58,6 +58,17 @@ def test_store_reads_with_plain_zarr_and_equals_explain(shapes_model, tmp_path):
     assert g["errors/file"].shape == (0,)
 
 
+def test_loading_thread_and_loader_workers_give_the_same_store(shapes_model, voc, tmp_path):
+    """Without workers the next chunk loads in a thread (`run._one_ahead`); with workers
+    in other processes: the store is the same, bit for bit."""
+    stores = []
+    for workers in (0, 2):
+        stores.append(tmp_path / f"w{workers}.zarr")
+        xu.explain_dataset("gradcam", shapes_model, voc, stores[-1], batch_size=8,
+                           num_workers=workers, progress=False)
+    assert store_files(stores[0]) == store_files(stores[1])
+
+
 def test_bad_files_land_in_the_error_table_only(shapes_model, voc, tmp_path):
     out = tmp_path / "voc.zarr"
     s = xu.explain_dataset("gradcam", shapes_model, voc, out, target="label", batch_size=8,

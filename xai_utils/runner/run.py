@@ -163,7 +163,7 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
     `shapes:N` or a Dataset (see `xai_utils.runner.datasets`). `target`: "top" (the
     predicted class), "label" (the dataset's label) or a class index. Items are explained in
     chunks of `batch_size` (one zarr chunk each) fed by a DataLoader with `num_workers`
-    workers (0: the next chunk loads in a thread while one is explained); maps are stored
+    workers (0: files load one chunk ahead in a thread); maps are stored
     as `dtype` (float16 or float32). Calling again with the same arguments continues an
     interrupted run; a different run in `out` raises `RunMismatchError` unless
     `overwrite=True`. Under torchrun the chunks are shared among
@@ -212,7 +212,10 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
         steps = _reduce(len(mine), world, dev, dist.ReduceOp.MAX) if world > 1 else len(mine)
         bar = tqdm(total=total, unit="img", disable=not progress or rank != 0,
                    desc=f"{method} x{world}", dynamic_ncols=True)
-        batches = iter(loader) if num_workers else _one_ahead(iter(loader))
+        # files and shapes load one chunk ahead in a thread; a user's Dataset, whose code
+        # may draw from torch's global generator or not be thread-safe, loads in turn
+        ahead = num_workers == 0 and source.dataset is None
+        batches = _one_ahead(iter(loader)) if ahead else iter(loader)
         writer, explained = st.ChunkWriter(out), 0
         try:  # the writer overlaps each chunk's store writes with the next chunk's work
             for _ in range(steps):
