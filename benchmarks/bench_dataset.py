@@ -106,7 +106,7 @@ def main() -> None:
         files = [data / it.file for it in read_source(data, model.xai.class_names).items]
         (tmp / "npy").mkdir()
         plain_loop(model, files[:args.batch], args.batch, args.method, None)  # warm-up
-        loops, npys, runs, inline, workers = [], [], [], [], []
+        loops, npys, runs, inline, workers, ones, twos = [], [], [], [], [], [], []
         for r in range(args.repeats):  # interleaved: a shared machine's load hits all alike
             loops.append(plain_loop(model, files, args.batch, args.method, None))
             npys.append(plain_loop(model, files, args.batch, args.method, tmp / "npy"))
@@ -114,10 +114,10 @@ def main() -> None:
             inline.append(runner(model, data, tmp / f"in{r}.zarr", args.batch, args.method, 0,
                                  ahead=False))
             workers.append(runner(model, data, tmp / f"w{r}.zarr", args.batch, args.method, 2))
-        t_loop, t_npy = min(loops), min(npys)
+            ones.append(cli_seconds(data, tmp / f"one{r}.zarr", args.batch, args.method, 1))
+            twos.append(cli_seconds(data, tmp / f"two{r}.zarr", args.batch, args.method, 2))
+        t_loop, t_npy, t_one, t_two = min(loops), min(npys), min(ones), min(twos)
         (t_run, memory), (t_inline, _), (t_workers, _) = min(runs), min(inline), min(workers)
-        t_one = cli_seconds(data, tmp / "one.zarr", args.batch, args.method, 1)
-        t_two = cli_seconds(data, tmp / "two.zarr", args.batch, args.method, 2)
     n = len(files)
     print(f"{args.method}, shapes_vgg, {n} images of 112 px, batches of {args.batch}, "
           f"1 thread per process, {os.cpu_count()} CPUs, load average "

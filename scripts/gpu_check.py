@@ -6,7 +6,9 @@ On a machine with CUDA (at most a few minutes on one GPU):
   (b) leaks: `--calls` explanations per method on the GPU, `torch.cuda.memory_allocated`
       after the last against after the first (no growth allowed), hooks left;
   (c) notebook 08's speed and peak-memory table, on the GPU;
-  (d) the optimisation methods at their papers' full step counts on the photos, timed.
+  (d) the optimisation methods at their papers' full step counts on the photos, timed;
+  (e) the dataset runner under torchrun on every GPU (NCCL; gloo in the dry run) against
+      one CPU process: the same targets and predictions, maps within float16 rounding.
 Without CUDA it says so and exits 0. `--dry-run` runs the same code on the CPU twice, at
 tiny sizes, so that the script itself is tested on machines without a GPU.
 Writes the report to build/gpu_check.md as well.
@@ -15,11 +17,16 @@ Writes the report to build/gpu_check.md as well.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import zarr
 
 import xai_utils as xu
 from xai_utils import evaluation as ev
@@ -101,6 +108,35 @@ def full_steps(model_name: str, device, n: int, scale: float = 1.0) -> list[dict
     return rows
 
 
+def dataset_run(device: torch.device, n: int) -> list[dict]:
+    """(e) `python -m xai_utils explain` on one CPU process against torchrun on `device`
+    (one process per GPU: NCCL; on the CPU: gloo)."""
+    procs = torch.cuda.device_count() if device.type == "cuda" else 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["explain", "--method", "gradcam", "--model", "shapes_vgg", "--data", f"shapes:{n}",
+            "--batch-size", "8", "--workers", "0", "--no-progress"]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    with tempfile.TemporaryDirectory() as tmp:
+        one, many = Path(tmp) / "cpu.zarr", Path(tmp) / "dist.zarr"
+        subprocess.run([sys.executable, "-m", "xai_utils", *args, "--out", str(one),
+                        "--device", "cpu"], check=True, env=env, cwd=ROOT)
+        start = time.perf_counter()
+        dist = [] if device.type == "cuda" else ["--device", "cpu"]  # cuda:LOCAL_RANK
+        subprocess.run([torchrun, "--standalone", f"--nproc_per_node={procs}", "-m",
+                        "xai_utils", *args, "--out", str(many), *dist],
+                       check=True, env=env, cwd=ROOT)
+        seconds = time.perf_counter() - start
+        a, b = zarr.open_group(one, mode="r"), zarr.open_group(many, mode="r")
+        same = all(np.array_equal(a[k][:], b[k][:]) for k in ("target", "predicted", "status"))
+        ma, mb = (g["maps"][:].astype(np.float64) for g in (a, b))
+        rel = float(np.abs(ma - mb).max() / max(np.abs(ma).max(), 1e-30))
+        finished = bool(b["done"][:].all())
+    ok = same and rel <= 1e-2 and finished
+    return [{"run": f"torchrun x{procs} ({'nccl' if device.type == 'cuda' else 'gloo'})",
+             "items": n, "same targets and predictions": "yes" if same else "no",
+             "max rel. diff": rel, "seconds": seconds, "ok": "yes" if ok else "NO"}]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true",
@@ -140,12 +176,16 @@ def main(argv=None) -> int:
     parts += ["## (d) The optimisation methods at their papers' step counts",
               ev.markdown_table(full, ["model", "method", "images", "steps", "seconds"],
                                 {"seconds": ".1f"})]
+    runs = dataset_run(gpu, 8 if args.dry_run else 256)
+    parts += ["## (e) The dataset runner under torchrun against one CPU process",
+              ev.markdown_table(runs, list(runs[0]), {"max rel. diff": ".2e", "seconds": ".1f"})]
     report = "\n\n".join(parts) + "\n"
     print(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
-    failed = [r for r in check + leak if r["ok"] != "yes"]
-    print(f"gpu-check: {len(check)} parity and {len(leak)} leak checks, {len(failed)} failed")
+    failed = [r for r in check + leak + runs if r["ok"] != "yes"]
+    print(f"gpu-check: {len(check)} parity, {len(leak)} leak and {len(runs)} dataset checks, "
+          f"{len(failed)} failed")
     return 1 if failed else 0
 
 

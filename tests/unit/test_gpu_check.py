@@ -33,7 +33,9 @@ def test_dry_run_checks_every_method(tmp_path):
     out = tmp_path / "report.md"
     assert _script().main(["--dry-run", "--out", str(out)]) == 0
     report = out.read_text()
-    for section in ("(a) CPU against GPU", "(b) Memory", "(c) Speed", "(d) The optimisation"):
+    for section in ("(a) CPU against GPU", "(b) Memory", "(c) Speed", "(d) The optimisation",
+                    "(e) The dataset runner"):
         assert section in report
+    assert "| torchrun x1 (gloo) | 8 | yes | 0.00e+00 |" in report
     for name in xu.methods():
         assert f"| shapes_vgg | {name} | 0.00e+00 | 1.0000 |" in report

@@ -2,8 +2,9 @@
 CP-LRP patches for torchvision's ViT (Ali et al. 2022's conservative propagation), and
 AttnLRP built from lxt's own LayerNorm and GELU patches and its gradient-division rule on
 the attention's query, key and value (lxt ships that attention patch for Hugging Face
-models only; the division by 4, 4 and 2 is the one its attention wrapper applies). Optional: lxt needs `transformers`, which this project does not install;
-the test runs where lxt imports, e.g. after
+models only; the division by 4, 4 and 2 is the one its attention wrapper applies).
+Optional: lxt needs `transformers`, which this project does not install; the test runs where
+lxt imports, e.g. after
 
     pip install --no-deps lxt==2.1 transformers==4.53.3 tokenizers==0.21.4 \
         huggingface_hub==0.34.4 safetensors regex

@@ -107,8 +107,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed blocks in the process instead of unmapping them at once.
+
+    By default every tensor over 128 KiB is mapped fresh from the OS and returned on free, so
+    each batch pays the page faults again (a long-running process raises glibc's thresholds
+    by itself, a fresh command does not). Raising them (mmap threshold to glibc's own 32 MiB
+    ceiling, trim threshold to 1 GiB) made `explain` on the shapes task about 30 % faster on a
+    2-core CPU; resident memory then stays at the run's peak. Only the command line does this
+    (it owns its process); elsewhere, and without glibc, nothing changes. Returns whether it
+    applied.
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) & bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    keep_freed_memory()
     if args.command == "explain":
         from xai_utils.data.models import load_model
         from xai_utils.runner.run import explain_dataset
