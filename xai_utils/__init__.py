@@ -11,11 +11,18 @@ The public API (see README.md, "Architecture"):
 Layers, lowest first (enforced by import-linter, see pyproject.toml): `core` (registry,
 hooks, model state, input statistics), `data` and `viz`, `methods` (importing it fills the
 registry), the tools `features`, `inversion` and `nbdt`, `evaluation`, `notebook`.
+
+`import xai_utils` loads neither matplotlib nor zarr: the whole-dataset runner
+(`explain_dataset`, `RunSummary`, `RunMismatchError`, `xu.runner`) and the notebook helpers
+(`xu.notebook`) are imported on first use, and matplotlib when a figure is drawn.
 """
+
+import importlib as _importlib
+import importlib.metadata as _metadata
 
 # The package `methods` is imported for its side effect (it fills the registry); the name
 # `xu.methods` is the function below that lists the registered names.
-import xai_utils.methods  # noqa: F401, I001
+import xai_utils.methods  # noqa: F401
 from xai_utils import data, evaluation, features, inversion, nbdt  # noqa: F401
 from xai_utils.core.hooks import capture, get_layer
 from xai_utils.core.inputs import ModelInfo, device, input_spec
@@ -41,14 +48,23 @@ from xai_utils.data.images import (
 from xai_utils.data.models import load_model, predict, wrap
 from xai_utils.data.zoo import WeightsUnavailable
 from xai_utils.evaluation import metrics
-from xai_utils.runner import explain_dataset
 from xai_utils.viz import overlay, save_figure
+
+# Imported on first use (PEP 562 `__getattr__` below): name -> the module that defines it.
+_LAZY_NAMES = {
+    "explain_dataset": "xai_utils.runner",
+    "RunMismatchError": "xai_utils.runner",
+    "RunSummary": "xai_utils.runner",
+}
+_LAZY_MODULES = ("notebook", "runner")
 
 __all__ = [
     "Explanation",
     "ImageLoadError",
     "MethodNotApplicable",
     "ModelInfo",
+    "RunMismatchError",
+    "RunSummary",
     "capture",
     "class_name",
     "composite",
@@ -79,4 +95,24 @@ __all__ = [
     "WeightsUnavailable",
     "wrap",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY_NAMES:
+        value = getattr(_importlib.import_module(_LAZY_NAMES[name]), name)
+    elif name in _LAZY_MODULES:
+        value = _importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups find it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_NAMES, *_LAZY_MODULES})
+
+
+try:
+    __version__ = _metadata.version("xai_utils")
+except _metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"

@@ -1,9 +1,11 @@
 """The side-by-side evaluation: scores on hand-made maps, the randomisation test catching a
-method that ignores the model, the leak detector catching a leak, and determinism."""
+method that ignores the model, the leak detector catching a leak, the profiler measuring a
+known allocation, and determinism."""
 
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -102,7 +104,19 @@ def test_profile_times_and_settings_cover_every_method(shapes_model):
     assert s["occlusion"]["window"] == 16 and s["occlusion"]["stride"] == 8
     data = shapes.generate(2, seed=7)
     p = ev.profile(ev.forward_backward(shapes_model, data.images, data.labels), torch.device("cpu"))
-    assert p["seconds"] > 0 and p["peak_mb"] >= 0
+    assert p["seconds"] > 0
+
+
+def test_profile_sees_a_known_allocation_and_a_known_time():
+    def allocate():
+        buffer = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page written
+        time.sleep(0.05)  # held long enough for the resident-memory sampler
+        return buffer.sum()
+
+    cpu = torch.device("cpu")
+    big, idle = ev.profile(allocate, cpu), ev.profile(lambda: time.sleep(0.05), cpu)
+    assert 56 < big["peak_mb"] < 80 and idle["peak_mb"] < 8
+    assert 0.05 <= big["seconds"] < 1 and 0.05 <= idle["seconds"] < 1
 
 
 def test_same_seed_same_tables(shapes_model):

@@ -22,8 +22,11 @@ import torchvision
 
 from xai_utils.methods.lrp import attribute
 
-pytest.importorskip("lxt.efficient", reason="lxt (optional, needs transformers)",
-                    exc_type=ImportError)
+pytest.importorskip(
+    "lxt.efficient", exc_type=ImportError,
+    reason="lxt is not installed: it is in no dependency list (it needs transformers); to run "
+           "this test: pip install --no-deps lxt==2.1 transformers==4.53.3 tokenizers==0.21.4 "
+           "huggingface_hub==0.34.4 safetensors regex, then pytest tests/unit/test_lrp_lxt.py")
 
 CHILD = textwrap.dedent("""
     import json, sys, torch

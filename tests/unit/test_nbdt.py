@@ -196,8 +196,6 @@ def test_soft_probabilities_match_nbdt_rules(imagenet, tmp_path):
 def test_node_gradcam_is_gradcam_of_the_mean_logit(imagenet):
     """The map for a decision = Grad-CAM of (mean of the leaves' logits) on the plain net."""
     model, tree, _, x, logits = imagenet
-    if "gradcam" not in xu.methods():
-        pytest.skip("gradcam is not registered")
     path = nbdt.soft_path(tree, logits.argmax(1).cpu())
     depth = int((path[0] >= 0).sum()) - 1  # the last decision: the class itself
     maps = nbdt.node_saliency(model, tree, x[:1], path[:1, depth:depth + 1], layer="net.bn2")

@@ -1,11 +1,11 @@
-"""Heatmap overlays and the one helper that writes every figure."""
+"""Heatmap overlays and the one helper that writes every figure. matplotlib is imported
+when a map is coloured, not with the package (`import xai_utils` does not load it)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 
@@ -35,6 +35,8 @@ def overlay(image, saliency, alpha: float = 0.5, cmap: str = "jet", clip: float 
     for the class (negative values as 0); `clip` < 1 saturates the top values at that
     quantile (see `normalize`), for spiky maps such as gradients and LRP.
     """
+    import matplotlib
+
     img = np.asarray(image, dtype=np.float32)
     if img.max() > 1.0:
         img = img / 255.0

@@ -9,7 +9,8 @@ at multiples of the stride; windows running past the edge are cut there. Every w
 every image is evaluated on the device in batches of `batch_size`, channels-last and with
 BatchNorms merged into their layers (same outputs, faster on a CPU). Where the model can be
 traced (VGG, ResNet, EfficientNet), the layers before global pooling recompute only each
-window's receptive field (`xai_utils.incremental`, exact); other models get full passes.
+window's receptive field (`xai_utils.methods.occlusion.incremental`, exact); other models
+get full passes.
 
 Departures: Zeiler & Fergus drew the probability of the correct class as a map over
 window positions (grey patch); here `output="prob"` (default) or `"logit"` scores, the
