@@ -1,12 +1,9 @@
 """Whole datasets: readers, the zarr store, resume, bad data, torchrun, scoring."""
 
 import json
-import os
 import platform
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,6 @@ from PIL import Image
 import xai_utils as xu
 from xai_utils.evaluation import metrics
 from xai_utils.runner import RunMismatchError
-from xai_utils.runner.cli import keep_freed_memory
 from xai_utils.runner.datasets import read_source
 from xai_utils.runner.samples import BROKEN, write_shapes_voc
 from xai_utils.runner.score import box_mask, score_store
@@ -238,48 +234,136 @@ def test_box_mask_and_pointing_score(shapes_model, tmp_path):
     assert scores.table[0]["all"] == pytest.approx(np.mean(per_class))
 
 
-def _cli(out: Path, *extra: str) -> list[str]:
-    return ["-m", "xai_utils", "explain", "--method", "gradcam", "--model", "shapes_vgg",
-            "--data", "shapes:320", "--out", str(out), "--batch-size", "8", "--workers", "0",
-            "--no-progress", *extra]
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_command_line_keeps_freed_memory():
+    """After `keep_freed_memory`, a freed 8 MB block stays in the process (resident memory
+    does not fall back); without it glibc unmaps the block at once."""
+    probe = ("import sys, psutil, numpy as np; from xai_utils.runner.cli import keep_freed_memory;"
+             "assert keep_freed_memory() if sys.argv[1] == 'keep' else True;"
+             "p = psutil.Process(); base = p.memory_info().rss;"
+             "a = np.ones(8 << 20, np.uint8); a = None;"
+             "print((p.memory_info().rss - base) / 2**20)")
+    grown = {mode: float(subprocess.run([sys.executable, "-c", probe, mode], check=True,
+                                        capture_output=True, text=True, cwd=REPO).stdout)
+             for mode in ("keep", "default")}
+    assert grown["keep"] > 6 and grown["default"] < 2, grown
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "XAI_DEVICE": "cpu"}
+# --- a misconfigured run fails at once and says why --------------------------------------
+
+@pytest.mark.parametrize(("params", "target", "message"), [
+    ({"nosuch": 3}, "top", r"gradcam has no parameter 'nosuch'.*layer, relu"),
+    ({"rellu": True}, "top", r"Did you mean relu\?"),
+    ({"relu": 2}, "top", r"relu=2 should be bool"),
+    ({"layer": "nope"}, "top", r"fails on a grey test image.*no layer 'nope'"),
+    ({}, 5000, r"class index 5000 is out of range for a model with 2 classes \(0\.\.1\)"),
+])
+def test_misconfigured_run_raises_before_writing(shapes_model, tmp_path, params, target,
+                                                 message):
+    from xai_utils.runner.checks import ConfigError
+
+    out = tmp_path / "never.zarr"
+    with pytest.raises(ConfigError, match=message):
+        xu.explain_dataset("gradcam", shapes_model, "shapes:8", out, target=target,
+                           batch_size=4, progress=False, **params)
+    assert not out.exists()
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    subprocess.run([sys.executable, *_cli(out)], check=True, env=ENV, cwd=REPO)
-    return out
+def test_values_are_checked_by_the_method_itself(shapes_model, tmp_path):
+    """Values out of range come from the method's own check, run once on a grey image
+    (one step of an optimisation, one window of occlusion)."""
+    from xai_utils.runner.checks import ConfigError, check_run
+
+    for method, params, message in (
+            ("extremal_perturbation", {"areas": [0.1, 2.0]}, "areas must be fractions"),
+            ("extremal_perturbation", {"steps": 0}, "steps must be an integer >= 1"),
+            ("occlusion", {"output": "nope"}, "output must be 'prob' or 'logit'"),
+            ("lrp", {"composite": "nope"}, "unknown LRP composite"),
+            ("meaningful_perturbation", {"l1": "x"}, "l1='x' should be float"),
+            ("meaningful_perturbation", {"nosuch": 1}, "no parameter 'nosuch'.*tv_kind")):
+        with pytest.raises(ConfigError, match=message):
+            check_run(method, shapes_model, params, "top", "float16", 4, 0, 8)
+    for method in xu.methods():  # every method's defaults pass
+        check_run(method, shapes_model, {}, "top", "float16", 4, 0, 8)
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_equals_uninterrupted(reference, tmp_path):
-    out = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, *_cli(out)], env=ENV, cwd=REPO)
-    done_dir = out / "done" / "c"
-    while proc.poll() is None and not (done_dir.exists() and len(list(done_dir.iterdir())) >= 4):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    flags = zarr.open_group(out, mode="r")["done"][:]
-    assert 4 <= flags.sum() < len(flags)  # killed part-way
-    subprocess.run([sys.executable, *_cli(out)], check=True, env=ENV, cwd=REPO)
-    assert store_files(out) == store_files(reference)
+def test_command_line_exits_2_with_one_line(tmp_path, capsys):
+    from xai_utils.runner.cli import main
+
+    out = tmp_path / "never.zarr"
+    base = ["explain", "--method", "gradcam", "--model", "shapes_vgg", "--data", "shapes:8",
+            "--out", str(out), "--no-progress", "--device", "cpu"]
+    for extra, message in ((["--target", "5000"], "class index 5000 is out of range"),
+                           (["--param", "nosuch=3"], "gradcam has no parameter 'nosuch'"),
+                           (["--method", "gradcan"], "Did you mean gradcam"),
+                           (["--batch-size", "0"], "batch_size must be an integer >= 1")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not out.exists()
 
 
-@pytest.mark.slow
-def test_two_torchrun_processes_equal_one(reference, tmp_path):
-    out = tmp_path / "two.zarr"
-    torchrun = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2",
-                             *_cli(out)[1:]], env=ENV, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert store_files(out) == store_files(reference)
+def test_console_lists_failures_by_reason_without_progress(voc, tmp_path, capsys):
+    from xai_utils.runner.cli import main
+
+    out = tmp_path / "voc.zarr"
+    code = main(["explain", "--method", "gradcam", "--model", "shapes_vgg", "--data",
+                 str(voc), "--out", str(out), "--no-progress", "--workers", "0",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    g = zarr.open_group(out, mode="r")
+    reasons = [str(r) for r in g["errors/reason"][:]]
+    assert code == 0 and reasons  # bad files are skipped, not failed
+    for reason in set(reasons):
+        first = str(g["errors/file"][reasons.index(reason)])
+        assert f"  {reasons.count(reason)} x {reason} (first: {first})" in err, err
 
 
-def test_command_line_keeps_freed_memory_where_glibc_allows():
-    """The CLI raises glibc's mmap and trim thresholds (fewer page faults per batch)."""
-    assert keep_freed_memory() is (platform.system() == "Linux"
-                                   and platform.libc_ver()[0] == "glibc")
+class Toggle(torch.nn.Module):
+    """The shapes model, refusing images with gradients on while `broken` (same weights)."""
+
+    def __init__(self, inner, broken: bool):
+        super().__init__()
+        self.inner, self.xai, self.broken, self.calls = inner, inner.xai, broken, 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.broken:
+                raise RuntimeError("out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_systematic_failure_stops_early_and_resumes(shapes_model, tmp_path):
+    """The first 8 items all fail for one reason: the run stops there (the check's call on a
+    grey image, which a RuntimeError does not stop, one call for the chunk, then 8 items one
+    by one, not 40), flags nothing done, and the same call with the cause gone completes the
+    store."""
+    from xai_utils.runner.checks import SystematicFailure
+
+    out, model = tmp_path / "stop.zarr", Toggle(shapes_model, broken=True)
+    with pytest.raises(SystematicFailure, match="first 8 items all failed.*out of memory"):
+        xu.explain_dataset("gradient", model, "shapes:40", out, batch_size=16,
+                           progress=False)
+    assert model.calls == 1 + 1 + 8
+    assert zarr.open_group(out, mode="r")["done"][:].sum() == 0
+    model.broken = False
+    s = xu.explain_dataset("gradient", model, "shapes:40", out, batch_size=16, progress=False)
+    assert (s.done, s.failed, s.explained_now) == (40, 0, 40)
+
+
+def test_failures_with_successes_do_not_stop(shapes_model, tmp_path):
+    """A method failing on some items only: the rest is explained, the failures grouped."""
+    model = Toggle(shapes_model, broken=False)
+    calls = {"n": 0}
+
+    def forward(x, inner=model.forward):
+        calls["n"] += 1
+        if torch.is_grad_enabled() and calls["n"] % 3 == 0:
+            raise RuntimeError("every third call")
+        return inner(x)
+    model.forward = forward
+    s = xu.explain_dataset("gradient", model, "shapes:12", tmp_path / "some.zarr",
+                           batch_size=4, progress=False, max_failures=2)
+    assert s.failed > 0 and s.done > 0 and s.done + s.failed == 12
+    assert s.problems[0][:2] == ("method failed: RuntimeError: every third call", s.failed)

@@ -54,6 +54,9 @@ class MethodInfo:
     `stochastic`: draws random numbers (accepts `seed=`; the same seed gives the same map).
     `requires`: keys of `REQUIREMENTS` the model must satisfy.
     `evaluation`: (input side, device) -> keyword arguments for an evaluation-sized run.
+    `options`: for a method taking `**options`, the dataclass whose fields they set.
+    `probe`: input side -> keyword arguments that make one run cheap, for the check a dataset
+    run makes before it starts (iterative methods get `steps=1` without it).
     """
 
     name: str
@@ -62,11 +65,15 @@ class MethodInfo:
     stochastic: bool = False
     requires: tuple[str, ...] = ()
     evaluation: Callable[[int, torch.device], dict] | None = None
+    options: type | None = None
+    probe: Callable[[int], dict] | None = None
 
 
 def register(name: str, *, iterative: bool = False, stochastic: bool = False,
              requires: tuple[str, ...] = ("gradients",),
-             evaluation: Callable[[int, torch.device], dict] | None = None) -> Callable:
+             evaluation: Callable[[int, torch.device], dict] | None = None,
+             options: type | None = None,
+             probe: Callable[[int], dict] | None = None) -> Callable:
     """Decorator adding a method to the registry under `name` (see `MethodInfo`)."""
     unknown = set(requires) - set(REQUIREMENTS)
     if unknown:
@@ -74,7 +81,7 @@ def register(name: str, *, iterative: bool = False, stochastic: bool = False,
 
     def add(fn: Callable) -> Callable:
         _REGISTRY[name] = MethodInfo(name, fn, iterative, stochastic, tuple(requires),
-                                     evaluation)
+                                     evaluation, options, probe)
         return fn
     return add
 

@@ -181,7 +181,7 @@ def _probability(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target_probability(model(x), target)
 
 
-@register("meaningful_perturbation", iterative=True, stochastic=True)
+@register("meaningful_perturbation", iterative=True, stochastic=True, options=Preset)
 def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor,
                             preset: str | Preset = "paper", seed: int = 0,
                             progress: bool = True, snapshots=(), **overrides) -> Explanation:

@@ -39,10 +39,12 @@ def _value(text: str):
 
 
 def _params(pairs: list[str]) -> dict:
+    from xai_utils.runner.checks import ConfigError
+
     params = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--param expects NAME=VALUE, got {pair!r}")
+            raise ConfigError(f"--param expects NAME=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         params[key] = _value(value)
     return params
@@ -55,7 +57,15 @@ def _target(text: str):
 def _device(name: str | None) -> str:
     import torch
 
+    from xai_utils.runner.checks import ConfigError
+
     if name:
+        try:
+            dev = torch.device(name)
+        except RuntimeError as err:
+            raise ConfigError(f"--device {name!r}: {err}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine")
         return name
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -88,7 +98,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="base of the per-chunk seeds")
     e.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if any, else cpu")
     e.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    e.add_argument("--max-failures", type=int, default=8, metavar="N",
+                   help="stop when the first N items all fail for the same reason (default 8)")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; the summary is printed only when items failed")
     s = sub.add_parser("score", help="score the maps of a store",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("store", help="a store written by 'explain'")
@@ -132,30 +145,63 @@ def keep_freed_memory() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; exit status 0 (all explained), 1 (items failed, or the run stopped
+    because they all failed) or 2 (misconfigured: nothing was written)."""
+    from xai_utils.runner.checks import ConfigError, SystematicFailure
+
     args = parser().parse_args(argv)
     keep_freed_memory()
-    if args.command == "explain":
-        from xai_utils.data.models import load_model
-        from xai_utils.runner.run import explain_dataset
+    try:
+        if args.command == "explain":
+            return _explain(args)
+        return _score(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except SystematicFailure as err:
+        print(str(err), file=sys.stderr, flush=True)
+        print("  (chunks explained before the stop are kept; fix the cause and run the same "
+              "command to continue, or raise --max-failures)", file=sys.stderr, flush=True)
+        return 1
 
-        model = load_model(args.model, device_=_device(args.device))
-        summary = explain_dataset(args.method, model, args.data, args.out, target=args.target,
-                                  batch_size=args.batch_size, num_workers=args.workers,
-                                  dtype=args.dtype, overwrite=args.overwrite, seed=args.seed,
-                                  progress=not args.no_progress, **_params(args.param))
-        return 0 if summary.failed == 0 else 1
+
+def _load(name: str, device: str):
     from xai_utils.data.models import load_model
+    from xai_utils.runner.checks import ConfigError
+
+    try:
+        return load_model(name, device_=device)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise ConfigError(f"--model {name}: {err}") from None
+
+
+def _explain(args) -> int:
+    from xai_utils.runner.run import explain_dataset
+
+    params = _params(args.param)
+    model = _load(args.model, _device(args.device))
+    summary = explain_dataset(args.method, model, args.data, args.out, target=args.target,
+                              batch_size=args.batch_size, num_workers=args.workers,
+                              dtype=args.dtype, overwrite=args.overwrite, seed=args.seed,
+                              progress=not args.no_progress, max_failures=args.max_failures,
+                              **params)
+    if args.no_progress and summary.problems and int(os.environ.get("RANK", 0)) == 0:
+        print(summary.report(), file=sys.stderr, flush=True)
+    return 0 if summary.failed == 0 else 1
+
+
+def _score(args) -> int:
+    import zarr
+
     from xai_utils.runner.score import score_store
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     store = args.store.rstrip("/")
     out = args.out or store.removesuffix(".zarr") + "_scores"
-    import zarr
-
     model = None
     if {"deletion", "insertion"} & set(metrics):
-        model = load_model(zarr.open_group(store, mode="r").attrs["run"]["model"],
-                           device_=_device(args.device))
+        model = _load(zarr.open_group(store, mode="r").attrs["run"]["model"],
+                      _device(args.device))
     scores = score_store(store, metrics, model=model, data=args.data, tolerance=args.tolerance,
                          steps=args.steps, batch_size=args.batch_size, out=out,
                          progress=not args.no_progress)

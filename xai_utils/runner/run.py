@@ -9,7 +9,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from xai_utils.core.inputs import input_spec, model_info
 from xai_utils.core.model_state import model_device
 from xai_utils.core.registry import explain, method_info
 from xai_utils.runner import store as st
+from xai_utils.runner.checks import ConfigError, FailureGuard, SystematicFailure, check_run
 from xai_utils.runner.datasets import ItemDataset, Source, collate_items, read_source
 
 
@@ -37,12 +38,25 @@ class RunSummary:
     failed: int
     seconds: float
     explained_now: int
+    problems: list[tuple[str, int, str]] = field(default_factory=list)
 
     def line(self) -> str:
         rate = self.explained_now / max(self.seconds, 1e-9)
         return (f"{self.done} done / {self.skipped} skipped / {self.failed} failed of "
                 f"{self.items} items ({self.explained_now} processed now in {self.seconds:.1f} s,"
                 f" {rate:.1f} images/s) -> {self.path}")
+
+    def report(self, most: int = 10) -> str:
+        """The summary line, then the skipped and failed items grouped by reason: count and
+        first file of each (the whole list is the store's `errors` table)."""
+        lines = [self.line()]
+        for reason, count, first in self.problems[:most]:
+            lines.append(f"  {count} x {reason} (first: {first})")
+        if len(self.problems) > most:
+            rest = sum(c for _, c, _ in self.problems[most:])
+            lines.append(f"  ... {rest} more items with {len(self.problems) - most} other "
+                         "reasons (see the store's errors table)")
+        return "\n".join(lines)
 
 
 def weight_hash(model: nn.Module) -> str:
@@ -55,12 +69,15 @@ def weight_hash(model: nn.Module) -> str:
 
 
 def versions() -> dict:
-    import numpy
-    import zarr
+    from importlib.metadata import PackageNotFoundError, version
 
-    import xai_utils
-    return {"xai_utils": xai_utils.__version__, "torch": torch.__version__,
-            "zarr": zarr.__version__, "numpy": numpy.__version__}
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+    return {"xai_utils": of("xai_utils"), "torch": torch.__version__, "zarr": of("zarr"),
+            "numpy": np.__version__}
 
 
 def items_hash(source: Source) -> str:
@@ -91,8 +108,10 @@ def _broadcast(value, world: int):
 
 
 def _explain_chunk(method: str, model: nn.Module, batch: dict, labels: np.ndarray, target,
-                   params: dict, seed: int, chunk: int, dtype: str) -> dict[str, np.ndarray]:
-    """Explain the good items of one chunk; bad ones keep NaN maps and get their reason."""
+                   params: dict, seed: int, chunk: int, dtype: str,
+                   guard: FailureGuard) -> dict[str, np.ndarray]:
+    """Explain the good items of one chunk; bad ones keep NaN maps and get their reason.
+    The method's failures go to `guard`, which raises `SystematicFailure` to stop the run."""
     reasons = list(batch["reason"])
     n, size = len(reasons), batch["pixels"].shape[1]
     out = {"maps": np.full((n, size, size), np.nan, dtype=dtype),
@@ -126,6 +145,7 @@ def _explain_chunk(method: str, model: nn.Module, batch: dict, labels: np.ndarra
         ok = np.ones(len(good), dtype=bool)
         try:
             maps = explain(method, model, x, tgt, **kwargs).saliency.detach()
+            guard.record([""])
         except Exception:  # isolate the items the method fails on
             maps = torch.full(x.shape[:1] + x.shape[2:], float("nan"), device=dev)
             for j, i in enumerate(good):
@@ -136,6 +156,7 @@ def _explain_chunk(method: str, model: nn.Module, batch: dict, labels: np.ndarra
                 except Exception as err:  # noqa: BLE001 - recorded as the item's reason
                     reasons[i] = f"method failed: {type(err).__name__}: {err}"
                     ok[j] = False
+                guard.record([reasons[i]])
         rows = np.asarray(good)[ok]
         maps = maps.to(getattr(torch, dtype)).cpu()
         if len(rows) == n:  # every item explained: the maps are the chunk
@@ -156,7 +177,7 @@ def _explain_chunk(method: str, model: nn.Module, batch: dict, labels: np.ndarra
 def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, *,
                     target: str | int = "top", batch_size: int = 32, num_workers: int = 0,
                     dtype: str = "float16", overwrite: bool = False, seed: int = 0,
-                    progress: bool = True, **params) -> RunSummary:
+                    progress: bool = True, max_failures: int = 8, **params) -> RunSummary:
     """Explain every item of `data` with `method` into the zarr store `out`.
 
     `data`: a folder, an ImageFolder layout, a CSV/JSON list, VOC annotations, COCO JSON,
@@ -168,18 +189,23 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
     interrupted run; a different run in `out` raises `RunMismatchError` unless
     `overwrite=True`. Under torchrun the chunks are shared among
     the processes. Bad items are skipped into the store's `errors` table.
+
+    A misconfigured run raises `ConfigError` before anything is written (see
+    `xai_utils.runner.checks`); a run whose first `max_failures` items all fail for one
+    reason raises `SystematicFailure` and flags none of them done. Everything is written
+    when this returns; while it runs, the store is locked against other processes.
     """
     if isinstance(model, str):
         from xai_utils.data.models import load_model
         model = load_model(model)
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
-    if not (target in ("top", "label") or isinstance(target, int)):
-        raise ValueError(f"target must be 'top', 'label' or a class index, got {target!r}")
-    method_info(method)  # a clear error for unknown names before anything is written
+    check_run(method, model, params, target, dtype, batch_size, num_workers, max_failures)
     info, dev, started = model_info(model), model_device(model), time.perf_counter()
-    source = read_source(data, info.class_names)
+    try:
+        source = read_source(data, info.class_names)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
     rank, world, initialised = distributed_context(dev)
+    lock = None
     try:
         run = {"method": method, "params": json.dumps(params, sort_keys=True, default=str),
                "model": info.name or type(model).__name__, "weights": weight_hash(model),
@@ -189,7 +215,7 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
         error = None
         if rank == 0:
             try:
-                st.open_store(out, run, versions(), source, info.input_size, overwrite)
+                lock = st.open_store(out, run, versions(), source, info.input_size, overwrite)
             except Exception as err:  # noqa: BLE001 - raised on every rank below
                 error = err
         error = _broadcast(error, world)
@@ -200,54 +226,115 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
         pending = st.pending_chunks(group)
         if world > 1:
             dist.barrier()  # everyone has read the flags before anyone writes
-        mine = pending[rank::world]
-        rows = [list(range(c * batch_size, min((c + 1) * batch_size, len(source.items))))
-                for c in mine]
-        loader = DataLoader(ItemDataset(source, info.input_size, info.crop_pct,
-                                        info.interpolation),
-                            batch_sampler=rows, collate_fn=collate_items,
-                            num_workers=num_workers, pin_memory=dev.type == "cuda")
-        labels = np.array([it.label for it in source.items], dtype=np.int64)
-        total = sum(min(batch_size, len(source.items) - c * batch_size) for c in pending)
-        steps = _reduce(len(mine), world, dev, dist.ReduceOp.MAX) if world > 1 else len(mine)
-        bar = tqdm(total=total, unit="img", disable=not progress or rank != 0,
-                   desc=f"{method} x{world}", dynamic_ncols=True)
-        # files and shapes load one chunk ahead in a thread; a user's Dataset, whose code
-        # may draw from torch's global generator or not be thread-safe, loads in turn
-        ahead = num_workers == 0 and source.dataset is None
-        batches = _one_ahead(iter(loader)) if ahead else iter(loader)
-        writer, explained = st.ChunkWriter(out), 0
-        try:  # the writer overlaps each chunk's store writes with the next chunk's work
-            for _ in range(steps):
-                batch = next(batches, None)
-                count = 0
-                if batch is not None:
-                    chunk = int(batch["index"][0]) // batch_size
-                    values = _explain_chunk(method, model, batch,
-                                            labels[batch["index"]], target, params,
-                                            seed, chunk, dtype)
-                    writer.submit(chunk, values)
-                    count = len(values["status"])
-                explained += count
-                bar.update(_reduce(count, world, dev) if world > 1 else count)
-        finally:
-            writer.close()
-            if hasattr(batches, "close"):  # the loading thread of `_one_ahead`
-                batches.close()
-        bar.close()
+        explained = _explain_chunks(method, model, source, group, pending, rank, world,
+                                    target=target, batch_size=batch_size,
+                                    num_workers=num_workers, dtype=dtype, seed=seed,
+                                    progress=progress, guard=FailureGuard(max_failures),
+                                    params=params)
         if world > 1:
-            explained = _reduce(explained, world, dev)
             dist.barrier()
         summary = st.finish(group) if rank == 0 else None
         summary = _broadcast(summary, world)
         result = RunSummary(Path(out), summary["items"], summary["done"], summary["skipped"],
-                            summary["failed"], time.perf_counter() - started, explained)
+                            summary["failed"], time.perf_counter() - started, explained,
+                            st.problems(group) if rank == 0 else [])
         if progress and rank == 0:
-            print(result.line(), flush=True)
+            print(result.report(), flush=True)
         return result
     finally:
+        if lock is not None:
+            lock.close()
         if initialised:
             dist.destroy_process_group()
+
+
+def _explain_chunks(method: str, model: nn.Module, source: Source, group, pending: list[int],
+                    rank: int, world: int, *, target, batch_size: int, num_workers: int,
+                    dtype: str, seed: int, progress: bool, guard: FailureGuard,
+                    params: dict) -> int:
+    """Explain this rank's share of the `pending` chunks into `group`; return how many items
+    all ranks processed. Chunks wait in `held` until `guard` has decided that the run is not
+    failing throughout, so a stopped run flags none of them done."""
+    info, dev = model_info(model), model_device(model)
+    mine = pending[rank::world]
+    n = len(source.items)
+    rows = [list(range(c * batch_size, min((c + 1) * batch_size, n))) for c in mine]
+    loader = DataLoader(ItemDataset(source, info.input_size, info.crop_pct, info.interpolation),
+                        batch_sampler=rows, collate_fn=collate_items, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda", worker_init_fn=die_with_parent)
+    labels = np.array([it.label for it in source.items], dtype=np.int64)
+    total = sum(min(batch_size, n - c * batch_size) for c in pending)
+    steps = _reduce([len(mine)], world, dev, dist.ReduceOp.MAX)[0] if world > 1 else len(mine)
+    bar = tqdm(total=total, unit="img", disable=not progress or rank != 0,
+               desc=f"{method} x{world}", dynamic_ncols=True)
+    # files and shapes load one chunk ahead in a thread; a user's Dataset, whose code
+    # may draw from torch's global generator or not be thread-safe, loads in turn
+    ahead = num_workers == 0 and source.dataset is None
+    batches = _one_ahead(iter(loader)) if ahead else iter(loader)
+    writer, explained, held, stop = st.ChunkWriter(group), 0, [], None
+    try:  # the writer overlaps each chunk's store writes with the next chunk's work
+        for _ in range(steps):
+            batch = next(batches, None) if stop is None else None
+            count = 0
+            if batch is not None:
+                chunk = int(batch["index"][0]) // batch_size
+                try:
+                    values = _explain_chunk(method, model, batch, labels[batch["index"]],
+                                            target, params, seed, chunk, dtype, guard)
+                    held.append((chunk, values))
+                    count = len(values["status"])
+                except SystematicFailure as err:
+                    stop, held = err, []
+            if guard.decided and stop is None:
+                for item in held:
+                    writer.submit(*item)
+                held = []
+            if world > 1:
+                count, stopped = _reduce([count, stop is not None], world, dev)
+                if stopped and stop is None:
+                    stop, held = _first_reason(None, world), []
+                elif stopped:
+                    _first_reason(stop, world)
+            explained += count
+            bar.update(count)
+            if stop is not None:
+                break
+        for item in held:  # the run ended before the guard decided
+            writer.submit(*item)
+    finally:
+        writer.close()
+        if hasattr(batches, "close"):  # the loading thread of `_one_ahead`
+            batches.close()
+        bar.close()
+    if stop is not None:
+        raise stop
+    return explained
+
+
+def _first_reason(stop: SystematicFailure | None, world: int) -> SystematicFailure:
+    """The stop of the first rank that stopped, known to every rank."""
+    stops = [None] * world
+    dist.all_gather_object(stops, None if stop is None else (stop.count, stop.reason))
+    count, reason = next(s for s in stops if s is not None)
+    return SystematicFailure(count, reason)
+
+
+def die_with_parent(_worker: int = 0) -> None:
+    """Ask Linux to kill this process when its parent dies (a DataLoader worker of a killed
+    run would otherwise live on for seconds); elsewhere nothing changes."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform != "linux":
+        return
+    try:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request
+        os._exit(1)
 
 
 def _one_ahead(iterator):
@@ -261,8 +348,8 @@ def _one_ahead(iterator):
             yield item
 
 
-def _reduce(value: int, world: int, device: torch.device, op=None) -> int:
+def _reduce(values: list[int], world: int, device: torch.device, op=None) -> list[int]:
     comm = device if device.type == "cuda" else torch.device("cpu")
-    t = torch.tensor([value], device=comm)
+    t = torch.tensor([int(v) for v in values], device=comm)
     dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return int(t.item())
+    return [int(v) for v in t.tolist()]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai_utils.runner.checks import ConfigError
 from xai_utils.runner.datasets import Source
 
 if TYPE_CHECKING:
@@ -29,8 +30,12 @@ if TYPE_CHECKING:
 PENDING, DONE, SKIPPED, FAILED = 0, 1, 2, 3
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(ConfigError):
     """The store holds a different run (method, parameters, model or data)."""
+
+
+class StoreBusyError(ConfigError):
+    """Another live process is writing the store."""
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -39,28 +44,75 @@ def _differences(old: dict, new: dict) -> list[str]:
             for k in keys if old.get(k) != new.get(k)]
 
 
-def open_store(path: str | Path, run: dict, versions: dict, source: Source, size: int,
-               overwrite: bool = False) -> zarr.Group:
-    """Open the store of `run` at `path` to continue it, or create it (rank 0 only).
+LOCK = ".lock"  # an empty file in the store; a live writer holds a POSIX lock on it
 
-    An existing store of a different run raises `RunMismatchError` unless `overwrite`.
+
+def lock_store(path: Path):
+    """Lock the store at `path` for this process (an open file, kept open by the caller).
+
+    POSIX record locks belong to one process: the kernel drops them when it dies (a kill
+    included), and forked children (loader workers) do not inherit them. Raises
+    `StoreBusyError` while another process holds the lock; file systems without locks
+    are used unlocked."""
+    import errno
+    import fcntl
+
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / LOCK, "a+b")  # noqa: SIM115 - held for the run, closed by release
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EAGAIN):
+            handle.close()
+            raise StoreBusyError(f"{path} is being written by another running process; "
+                                 "wait for it to finish or stop it first") from None
+    return handle
+
+
+def remove_partial_files(path: Path) -> int:
+    """Delete the temporary files (`*.partial`) a killed writer left; return how many."""
+    stale = list(path.rglob("*.partial"))
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return len(stale)
+
+
+def open_store(path: str | Path, run: dict, versions: dict, source: Source, size: int,
+               overwrite: bool = False):
+    """Lock the store of `run` at `path` and open it to continue, or create it (rank 0 only).
+
+    Returns the held lock (close it to release). An existing store of a different run raises
+    `RunMismatchError` unless `overwrite`; one another process writes, `StoreBusyError`.
+    A store killed while it was being created (no `run` attribute yet) is created anew.
     """
     import zarr
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        group = zarr.open_group(path, mode="r+")
-        old = group.attrs.get("run")
-        if old is not None:  # None: a run killed while the store was being created
-            diff = _differences(old, run)
-            if diff:
-                raise RunMismatchError(
-                    f"{path} holds another run ({'; '.join(diff)}); pass overwrite=True "
-                    "(--overwrite) to replace it, or choose another output")
-            return group
-    if path.exists():
-        shutil.rmtree(path)
-    return _create(path, run, versions, source, size)
+    if path.exists() and not (path / "zarr.json").exists() and not (path / LOCK).exists():
+        if any(path.iterdir()):
+            raise ConfigError(f"{path} exists and is not a store of this package; "
+                              "choose another output")
+    lock = lock_store(path)
+    try:
+        remove_partial_files(path)
+        if (path / "zarr.json").exists() and not overwrite:
+            group = zarr.open_group(path, mode="r+")
+            old = group.attrs.get("run")
+            if old is not None:  # None: a run killed while the store was being created
+                diff = _differences(old, run)
+                if diff:
+                    raise RunMismatchError(
+                        f"{path} holds another run ({'; '.join(diff)}); pass "
+                        "overwrite=True (--overwrite) to replace it, or choose another output")
+                return lock
+        for entry in path.iterdir():  # everything but the lock we hold
+            if entry.name != LOCK:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        _create(path, run, versions, source, size)
+        return lock
+    except BaseException:
+        lock.close()
+        raise
 
 
 def _create(path: Path, run: dict, versions: dict, source: Source, size: int) -> zarr.Group:
@@ -68,7 +120,7 @@ def _create(path: Path, run: dict, versions: dict, source: Source, size: int) ->
     from zarr.codecs import BloscCodec
 
     n, chunk = len(source.items), run["chunk"]
-    group = zarr.open_group(path, mode="w")
+    group = zarr.open_group(path, mode="a")
 
     def array(name, shape, dtype, fill, **kwargs):
         return group.create_array(name, shape=shape, dtype=dtype, fill_value=fill,
@@ -111,73 +163,47 @@ def pending_chunks(group: zarr.Group) -> list[int]:
 
 
 ITEM_ARRAYS = ("maps", "target", "predicted", "probability", "status", "reason", "size")
-_OPEN: dict[str, dict] = {}  # the arrays of each store this process writes to
-
-
-def _arrays(path: str) -> dict:
-    """The per-item arrays and the done flags of the store at `path`, opened once."""
-    import zarr
-
-    if path not in _OPEN:
-        group = zarr.open_group(path, mode="r+")
-        _OPEN[path] = {name: group[name] for name in (*ITEM_ARRAYS, "done")}
-    return _OPEN[path]
-
-
-def _prepare(path: str) -> None:
-    _arrays(path)
-
-
-def _write_rows(path: str, chunk: int, values: dict[str, np.ndarray]) -> None:
-    """Write one chunk's rows of every per-item array concurrently, then flag it done."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    arrays = _arrays(path)
-    size = arrays["maps"].chunks[0]
-    rows = slice(chunk * size, chunk * size + len(values["status"]))
-
-    async def write_all() -> None:
-        await asyncio.gather(*(arrays[name]._async_array.setitem(rows, value)
-                               for name, value in values.items()))
-    sync(write_all())
-    arrays["done"][chunk] = 1
 
 
 class ChunkWriter:
-    """Writes whole chunks in submission order in a forked writer process (a thread where
-    fork is unavailable), so that zarr's encoding, which holds the interpreter lock, runs
-    beside the explanations instead of between them. At most `pending` chunks wait."""
+    """Writes whole chunks of a store in a background thread, in submission order, through
+    zarr's public API: every per-item array of a chunk first, then the chunk's `done` flag,
+    so a flag is never set before its rows are on disk. At most `pending` chunks wait.
 
-    def __init__(self, path: str | Path, pending: int = 4, process: bool = True) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    A thread dies with its process: a killed run leaves no writer behind, and a chunk it had
+    not flagged is recomputed whole on resume. (zarr >= 3.1.3 writes each file of a local
+    store to a temporary name and renames it into place, so a file is never seen half
+    written; `open_store` removes the temporaries a kill leaves.)
+    """
 
-        self.path = str(path)
-        _OPEN.pop(self.path, None)  # a store written before may have been replaced since
-        if process and "fork" in multiprocessing.get_all_start_methods():
-            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-        else:
-            self.pool = ThreadPoolExecutor(max_workers=1)
-        # open the arrays now: the writer process is forked here, before the caller starts
-        # any thread of its own (a fork copies no threads, only the locks they may hold)
-        self.futures: list = [self.pool.submit(_prepare, self.path)]
+    def __init__(self, group: zarr.Group, pending: int = 4) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.arrays = {name: group[name] for name in (*ITEM_ARRAYS, "done")}
+        self.size = self.arrays["maps"].chunks[0]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self.futures: list = []
         self.pending = pending
+
+    def _write(self, chunk: int, values: dict[str, np.ndarray]) -> None:
+        rows = slice(chunk * self.size, chunk * self.size + len(values["status"]))
+        for name in ITEM_ARRAYS:
+            self.arrays[name][rows] = values[name]
+        self.arrays["done"][chunk] = 1
 
     def submit(self, chunk: int, values: dict[str, np.ndarray]) -> None:
         """Queue one chunk's rows of every per-item array; raises a failed write's error."""
-        self.futures.append(self.pool.submit(_write_rows, self.path, chunk, values))
+        self.futures.append(self.pool.submit(self._write, chunk, values))
         while len(self.futures) > self.pending:
             self.futures.pop(0).result()
 
     def close(self) -> None:
-        """Wait for every queued chunk."""
+        """Wait for every queued chunk (all written when this returns)."""
         try:
             for future in self.futures:
                 future.result()
         finally:
-            self.pool.shutdown()
+            self.pool.shutdown(wait=True)
 
 
 def finish(group: zarr.Group) -> dict:
@@ -202,6 +228,18 @@ def finish(group: zarr.Group) -> dict:
                "pending": int((status == PENDING).sum())}
     group.attrs["summary"] = summary
     return summary
+
+
+def problems(group: zarr.Group) -> list[tuple[str, int, str]]:
+    """The store's skipped and failed items grouped by reason: (reason, count, first file),
+    most frequent first."""
+    errors = group["errors"]
+    reasons, files = errors["reason"][:], errors["file"][:]
+    groups: dict[str, list] = {}
+    for reason, file in zip(reasons, files, strict=True):
+        entry = groups.setdefault(str(reason), [0, str(file)])
+        entry[0] += 1
+    return sorted(((r, c, f) for r, (c, f) in groups.items()), key=lambda g: -g[1])
 
 
 def run_identity(group: zarr.Group) -> dict:

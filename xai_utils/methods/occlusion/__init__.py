@@ -69,7 +69,8 @@ MAX_INCREMENTAL_COST = 0.9
 PATCH_ENDS = (nn.LayerNorm, nn.MultiheadAttention)
 
 
-@register("occlusion", requires=(), evaluation=_evaluation_settings)
+@register("occlusion", requires=(), evaluation=_evaluation_settings,
+          probe=lambda side: {"window": side, "stride": side})
 @torch.no_grad()
 def occlusion(model, x: torch.Tensor, target: torch.Tensor, window=16, stride=8,
               baseline=0.0, output: str = "prob", batch_size: int | None = None,
