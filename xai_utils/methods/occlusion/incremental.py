@@ -38,7 +38,7 @@ ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Har
 def _timm_leaves() -> tuple[tuple, tuple]:
     """timm's modules and functions that tracing must not enter (empty without timm)."""
     try:
-        from timm.layers._fx import get_notrace_functions, get_notrace_modules
+        from timm.layers import get_notrace_functions, get_notrace_modules
     except ImportError:
         return (), ()
     return tuple(get_notrace_modules()), tuple(get_notrace_functions())
