@@ -231,13 +231,14 @@ def finish(group: zarr.Group) -> dict:
 
 
 def problems(group: zarr.Group) -> list[tuple[str, int, str]]:
-    """The store's skipped and failed items grouped by reason: (reason, count, first file),
-    most frequent first."""
+    """The store's skipped and failed items grouped by reason, the item's own file name in a
+    reason read as `<file>`: (reason, count, first file), most frequent first."""
     errors = group["errors"]
-    reasons, files = errors["reason"][:], errors["file"][:]
     groups: dict[str, list] = {}
-    for reason, file in zip(reasons, files, strict=True):
-        entry = groups.setdefault(str(reason), [0, str(file)])
+    for reason, file in zip(errors["reason"][:], errors["file"][:], strict=True):
+        reason, file = str(reason), str(file)
+        name = Path(file).name
+        entry = groups.setdefault(reason.replace(name, "<file>") if name else reason, [0, file])
         entry[0] += 1
     return sorted(((r, c, f) for r, (c, f) in groups.items()), key=lambda g: -g[1])
 
