@@ -145,3 +145,21 @@ def test_default_preset_is_the_papers():
 
     default = inspect.signature(mp.meaningful_perturbation).parameters["preset"].default
     assert mp.resolve_preset() == mp.PRESETS["paper"] and default == "paper"
+
+
+def test_mask_controls_of_an_untouched_mask(tiny):
+    """A run of 0 steps leaves m = 1: every control of the optimised input is the image, the
+    null image's ratio is the floor, and the difference from the null image is |x - null|."""
+    model = tiny
+    x = torch.rand(2, 3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expl = xu.explain("meaningful_perturbation", model, x, preset="port", steps=0, noise=0.0,
+                      progress=False)
+    c = mp.mask_controls(model, x, expl)
+    ones = torch.ones(len(x), dtype=x.dtype)
+    for k in ("optimised", "rounded to 0/1", "turned 180°"):
+        torch.testing.assert_close(c.ratios[k], ones)
+    null = expl.extras["null"]
+    floor = mp._probability(model, null, expl.target) / expl.extras["prob_before"]
+    torch.testing.assert_close(c.ratios["null image"], floor)
+    torch.testing.assert_close(c.difference, (x - null).abs().sum(1))
+    assert torch.equal(c.top_class, model(x).argmax(1))

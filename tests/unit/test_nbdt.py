@@ -220,3 +220,68 @@ def test_figures_generator_is_deterministic():
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     white = (a.images[:, 0] == 1).float().mean((1, 2))
     assert ((white > 0.03) & (white < 0.4)).all()  # one visible figure per image
+
+
+def _two_pair_tree() -> nbdt.Tree:
+    """root -> {L -> {c0, c1}, R -> {c2, c3}}."""
+    G = nx.DiGraph()
+    G.add_edges_from([("root", "L"), ("root", "R"), ("L", "c0"), ("L", "c1"), ("R", "c2"),
+                      ("R", "c3")])
+    return nbdt.Tree.from_graph(G, ["c0", "c1", "c2", "c3"])
+
+
+def test_margin_matrix_is_child_minus_siblings():
+    tree = _two_pair_tree()
+    margin = nbdt.margin_matrix(tree)
+    names = tree.edge_names
+    left, right = names.index("L"), names.index("R")
+    torch.testing.assert_close(margin[left], tree.mean[left] - tree.mean[right])
+    torch.testing.assert_close(margin[right], -margin[left])
+    # three children: the chosen child's logit minus the mean of the other two
+    G = nx.DiGraph()
+    G.add_edges_from([("root", "a"), ("root", "b"), ("root", "c")])
+    flat = nbdt.Tree.from_graph(G, ["a", "b", "c"])
+    torch.testing.assert_close(nbdt.margin_matrix(flat),
+                               torch.tensor([[1.0, -0.5, -0.5], [-0.5, 1.0, -0.5],
+                                             [-0.5, -0.5, 1.0]]))
+
+
+def test_decision_map_has_the_known_support():
+    """Classes below L weight feature channel 0, those below R channel 1, and all four share
+    channels 2 and 3 (both copies of input channel 2). Channel 0 is on in the left half only,
+    channel 1 in the right half, the shared ones everywhere: the decision L-vs-R is
+    z_L - z_R = mean(ch 0) - mean(ch 1), so its Grad-CAM is the left half exactly, while the
+    child logit z_L (with the shared channels) lights up the whole image."""
+    tree = _two_pair_tree()
+    features = torch.nn.Conv2d(3, 4, 1, bias=False)
+    head = torch.nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        features.weight.copy_(torch.eye(3)[[0, 1, 2, 2], :, None, None])
+        head.weight.copy_(torch.tensor([[1.0, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0],
+                                        [0, 1, 0, 1]]))
+    model = torch.nn.Sequential(features, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                head).double()
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    x[:, 0, :, :4] = 1
+    x[:, 1, :, 4:] = 1
+    x[:, 2] = 1
+    left, right = tree.edge_names.index("L"), tree.edge_names.index("R")
+    edges = torch.tensor([[left, right]])
+    decision = nbdt.decision_saliency(model, tree, x, edges, layer="net.0")[0]
+    child = nbdt.node_saliency(model, tree, x, edges, layer="net.0")[0]
+    half = torch.zeros(8, 8, dtype=torch.bool)
+    half[:, :4] = True
+    assert (decision[0][half] > 0).all() and (decision[0][~half] == 0).all()
+    assert (decision[1][~half] > 0).all() and (decision[1][half] == 0).all()
+    assert (child > 0).all()  # the shared channels: evidence for the parent, not the step
+    # before the ReLU Grad-CAM is linear in the target: margin map = difference of the maps
+    torch.testing.assert_close(decision[0].max(), (child[0] - child[1]).max().to(decision.dtype))
+
+
+def test_successive_similarity_counts_pairs_and_constant_maps():
+    a = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    a[0, 0, 0, 0] = a[0, 1, 0, 0] = 1.0  # maps 0 and 1 identical, map 2 all zero
+    edges = torch.tensor([[0, 1, 2]])
+    out = nbdt.successive_similarity(a, edges)
+    assert out == {"mean": pytest.approx(1.0), "pairs": 1, "constant": 1}
+    assert nbdt.successive_similarity(a, torch.tensor([[-1, 1, 2]]))["pairs"] == 0

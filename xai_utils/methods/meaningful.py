@@ -11,7 +11,8 @@ and m minimises (paper eq. 4 / 5)
 
 with Adam, m clamped to [0, 1] after every step. Two presets (the
 paper's is the default: on EfficientNet-Lite0 the port's median-blur null image keeps much of
-the class even when it replaces the whole picture, so its masks cannot delete it):
+the class even when it replaces the whole picture, a high floor for deletion; masks that end
+below it are tested by `mask_controls`):
 
 - ``preset="port"``: the PyTorch port of the paper: 28 x 28 mask, bilinear
   upsampling (align_corners=True), null image = median blur 11 (what the port's code
@@ -34,6 +35,7 @@ all images of a batch, so a batch reproduces single-image runs with the same see
 loss is a sum over images, so Adam (element-wise) optimises every mask independently.
 The saliency is 1 - M (higher = more important) at input resolution.
 
+`mask_controls` tests a mask that goes below its null image's floor (rounded, turned masks).
 `deletion_game` is the paper's Sec. 5 score: the smallest box, from thresholding a saliency
 map, whose blurring drops the normalised target score to <= 0.01.
 """
@@ -237,6 +239,33 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor,
               "prob_after": _probability(model, perturbed, target), "preset": p,
               "snapshots": torch.stack(snaps) if snaps else None}
     return Explanation(1 - mask_up[:, 0], target, extras=extras)
+
+
+@dataclass
+class MaskControls:
+    """Per image: `ratios` maps a name to p_c(input) / p_c(image) for the optimised mask, the
+    null image (the floor), the mask rounded to 0 / 1 and the mask turned by 180 degrees;
+    `top_class` is the perturbed input's top class; `difference` = |perturbed - null| summed
+    over channels (B x H x W), the detail the mask keeps; `rotated` the turned mask's input."""
+
+    ratios: dict[str, torch.Tensor]
+    top_class: torch.Tensor
+    difference: torch.Tensor
+    rotated: torch.Tensor
+
+
+@torch.no_grad()
+def mask_controls(model, x: torch.Tensor, expl: Explanation) -> MaskControls:
+    """Controls for a mask that drops the class below its null image's floor (no noise or
+    jitter): does it need in-between blends (rounded mask), its places (turned mask)?"""
+    e, target = expl.extras, expl.target
+    p, null, size = e["preset"], e["null"], x.shape[-2:]
+    inputs = {"optimised": e["perturbed"], "null image": null,
+              "rounded to 0/1": blend(x, null, upsample((e["mask"] > 0.5).to(x.dtype), size, p)),
+              "turned 180°": blend(x, null, upsample(e["mask"].flip(2, 3), size, p))}
+    ratios = {k: _probability(model, v, target) / e["prob_before"] for k, v in inputs.items()}
+    return MaskControls(ratios, model(e["perturbed"]).argmax(1),
+                        (e["perturbed"] - null).abs().sum(1), inputs["turned 180°"])
 
 
 @dataclass

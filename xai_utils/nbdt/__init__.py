@@ -1,6 +1,7 @@
 """Neural-Backed Decision Trees (`xu.nbdt`): the induced hierarchy named by WordNet
-(`hierarchy`), inference and explanations along the tree (`tree`), path plots (`plot`), the
-six-figure teaching task (`figures`) and nbdt's CIFAR-10 checkpoint (`cifar`)."""
+(`hierarchy`), inference along the tree (`tree`), saliency maps of its decisions
+(`saliency`), path plots (`plot`), the six-figure teaching task (`figures`) and nbdt's
+CIFAR-10 checkpoint (`cifar`)."""
 
 from xai_utils.nbdt import cifar, figures
 from xai_utils.nbdt.cifar import load_cifar10_nbdt
@@ -17,9 +18,15 @@ from xai_utils.nbdt.hierarchy import (
     write_graph,
 )
 from xai_utils.nbdt.plot import path_names, plot_path
+from xai_utils.nbdt.saliency import (
+    EdgeHead,
+    decision_saliency,
+    margin_matrix,
+    node_saliency,
+    successive_similarity,
+)
 from xai_utils.nbdt.tree import (
     RULES,
-    EdgeHead,
     Inference,
     Tree,
     agreement,
@@ -32,7 +39,6 @@ from xai_utils.nbdt.tree import (
     infer,
     last_steps,
     log_soft,
-    node_saliency,
     soft,
     soft_path,
     tree_supervision_loss,
@@ -40,9 +46,10 @@ from xai_utils.nbdt.tree import (
 
 __all__ = [
     "RULES", "EdgeHead", "Inference", "Tree", "WordNetMissing", "agreement", "cifar",
-    "classifier_weights", "edge_log_probs", "edge_logits", "explanation_lines", "figures",
-    "flat_tree", "hard", "imagenet_wnids", "induce", "induce_graph", "infer", "last_steps",
-    "load_cifar10_nbdt", "log_soft", "nbdt_induced_graph", "node_saliency", "path_names",
-    "plot_path", "read_graph", "root_of", "soft", "soft_path", "tree_supervision_loss",
-    "wnids_for", "wordnet", "write_graph",
+    "classifier_weights", "decision_saliency", "edge_log_probs", "edge_logits",
+    "explanation_lines", "figures", "flat_tree", "hard", "imagenet_wnids", "induce",
+    "induce_graph", "infer", "last_steps", "load_cifar10_nbdt", "log_soft", "margin_matrix",
+    "nbdt_induced_graph", "node_saliency", "path_names", "plot_path", "read_graph", "root_of",
+    "soft", "soft_path", "successive_similarity", "tree_supervision_loss", "wnids_for",
+    "wordnet", "write_graph",
 ]

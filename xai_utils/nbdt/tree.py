@@ -23,14 +23,12 @@ loss here (the paper's accuracy numbers need that); the tree explains the networ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
 from torch import nn
 
-from xai_utils.core.inputs import model_info
-from xai_utils.core.registry import explain
 from xai_utils.nbdt.hierarchy import (
     classifier_weights,
     imagenet_wnids,
@@ -275,39 +273,3 @@ def agreement(tree: Tree, logits: torch.Tensor, rule: str = "mean") -> dict[str,
     net = logits.argmax(1)
     return {"soft": float((out.soft_pred == net).float().mean()),
             "hard": float((out.hard_pred.to(net.device) == net).float().mean())}
-
-
-class EdgeHead(nn.Module):
-    """`model` followed by the tree's edge logits (B x R), so saliency methods see decisions.
-
-    Each edge logit is a fixed linear combination (a mean) of the class logits, so Grad-CAM
-    of edge r is exactly Grad-CAM of "the evidence for the child of edge r". The wrapped net
-    is `self.net`: layer names gain a `net.` prefix.
-    """
-
-    def __init__(self, model: nn.Module, tree: Tree) -> None:
-        super().__init__()
-        self.net = model
-        self.register_buffer("mean", tree.mean.clone())
-        self.xai = replace(model_info(model), class_names=tuple(tree.edge_names))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) @ self.mean.to(x.dtype).T
-
-
-def node_saliency(model: nn.Module, tree: Tree, x: torch.Tensor, edges: torch.Tensor,
-                  method: str = "gradcam", **params) -> torch.Tensor:
-    """B x D x H x W: one map per decision on each image's path (zeros past its end).
-
-    Map d of image b explains the child logit of edge `edges[b, d]` (e.g. "animal", then
-    "cat") with `xu.explain(method, ...)` on `EdgeHead`; one batched call per depth.
-    """
-    head = EdgeHead(model, tree).to(x.device)
-    maps = torch.zeros(x.shape[0], edges.shape[1], *x.shape[-2:], device=x.device)
-    for d in range(edges.shape[1]):
-        keep = (edges[:, d] >= 0).nonzero().flatten().to(x.device)
-        if keep.numel():
-            target = edges[keep.cpu(), d].to(x.device)
-            maps[keep, d] = explain(method, head, x[keep], target=target, **params).saliency
-    return maps
-
