@@ -66,7 +66,7 @@ __all__ = ["CAM", "ChannelWeightedMap", "GradCAM", "LayerCache", "LayerSpec",
 class CamResult:
     saliency: torch.Tensor  # B x T x H x W at input resolution
     lowres: torch.Tensor  # B x T x h x w at the layer's resolution
-    weights: torch.Tensor  # B x T x K channel weights (negated when counterfactual)
+    weights: torch.Tensor | None  # B x T x K channel weights (negated when counterfactual)
     logits: torch.Tensor  # B x C
     targets: torch.Tensor  # B x T
     layer: str
@@ -99,6 +99,14 @@ class ChannelWeightedMap:
     def verify(self, raw: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Hook for variants that can check their raw maps against the logits."""
 
+    def combine(self, x: torch.Tensor, acts: torch.Tensor, grads: torch.Tensor | None,
+                targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The raw maps (B x T x h x w) and channel weights (B x T x K, or None where each
+        location has its own): by default the channels weighted by `channel_weights` and
+        summed; variants that weight each location override this."""
+        weights = self.channel_weights(acts, grads, targets)
+        return weighted_sum(acts, weights), weights
+
     def maps(self, x: torch.Tensor, t: torch.Tensor | None, topk: int):
         """The layer's activations (B x K x h x w), gradients (B x T x K x h x w or None),
         logits and targets; a layer that does not read as a map is refused before any
@@ -127,11 +135,11 @@ class ChannelWeightedMap:
         """Maps for `targets` (None: the `topk` top classes; int; B; or B x T indices)."""
         t = _as_targets(targets, x.shape[0], x.device)
         act, grad, logits, t = self.maps(x, t, topk)
-        weights = self.channel_weights(act, grad, t)
-        raw = weighted_sum(act, weights)
+        raw, weights = self.combine(x, act, grad, t)
         self.verify(raw, logits, t)
         if self.counterfactual:
-            raw, weights = -raw, -weights
+            raw = -raw
+            weights = None if weights is None else -weights
         low = raw.clamp_min(0) if self.relu else raw
         return CamResult(upsample(low, x.shape[-2:]), low, weights, logits, t, self.layer)
 
@@ -179,7 +187,8 @@ class CAM(ChannelWeightedMap):
 
 def _explanation(result: CamResult) -> Explanation:
     return Explanation(result.saliency[:, 0], result.targets[:, 0], extras={
-        "lowres": result.lowres[:, 0], "weights": result.weights[:, 0],
+        "lowres": result.lowres[:, 0],
+        "weights": None if result.weights is None else result.weights[:, 0],
         "logits": result.logits, "layer": result.layer})
 
 

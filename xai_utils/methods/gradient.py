@@ -17,4 +17,5 @@ def gradient(model, x: torch.Tensor, target: torch.Tensor) -> Explanation:
     logits = model(x)
     score = logits.gather(1, target[:, None]).sum()
     (grad,) = torch.autograd.grad(score, x)
-    return Explanation(grad.abs().amax(dim=1), target, extras={"logits": logits.detach()})
+    return Explanation(grad.abs().amax(dim=1), target,
+                       extras={"logits": logits.detach(), "attribution": grad})
