@@ -68,18 +68,41 @@ def test_randomisation_flags_a_map_that_ignores_the_model(shapes_model, temporar
     def brightness(model, x, target):  # an "explanation" that never looks at the model
         return Explanation(x.mean(1), target)
 
+    def flipped(model, x, target):  # the same map, inverted on every randomised copy
+        return Explanation(x.mean(1) * (1 if model is shapes_model else -1), target)
+
     temporary_method("brightness", brightness)
+    temporary_method("flipped", flipped)
     data = shapes.generate(4, seed=5)
     before = copy.deepcopy(shapes_model.state_dict())
     stages = ev.parametrized_layers(shapes_model)
     assert stages == ["classifier", "features.9", "features.6", "features.3", "features.0"]
     curves = ev.cascading_randomization(shapes_model, data.images, data.labels,
-                                        {"brightness": {}, "gradcam": {}})
-    assert len(curves["gradcam"]) == len(stages) + 1 and curves["gradcam"][0] == 1.0
-    assert curves["brightness"] == pytest.approx([1.0] * (len(stages) + 1))
-    assert curves["gradcam"][-1] < 0.5  # Grad-CAM follows the weights
+                                        {"brightness": {}, "gradcam": {}, "flipped": {}})
+    grad = curves["gradcam"]
+    assert set(grad) == {"spearman", "abs_spearman", "ssim"}
+    assert grad["ssim"].shape == (len(stages) + 1, 4) and torch.all(grad["ssim"][0] == 1)
+    for key in grad:
+        assert curves["brightness"][key] == pytest.approx(torch.ones(len(stages) + 1, 4))
+    assert grad["abs_spearman"][-1].mean() < 0.5  # Grad-CAM follows the weights
+    flip = curves["flipped"]  # an inverted map has not changed: only the signed score misses it
+    assert flip["spearman"][1:] == pytest.approx(-torch.ones(len(stages), 4))
+    assert flip["abs_spearman"] == pytest.approx(torch.ones(len(stages) + 1, 4))
     for key, value in shapes_model.state_dict().items():  # the model itself is untouched
         assert torch.equal(value, before[key])
+
+
+def test_ssim_matches_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(3, 20, 17, generator=gen, dtype=torch.float64)
+    b = (a + 0.3 * torch.rand(3, 20, 17, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    ours = ev.ssim(a, b)
+    for i in range(3):
+        want = structural_similarity(a[i].numpy(), b[i].numpy(), data_range=1.0)
+        assert ours[i].item() == pytest.approx(want, abs=1e-10)
+    assert ev.ssim(a, a) == pytest.approx(torch.ones(3, dtype=torch.float64))
 
 
 def test_memory_growth_sees_a_leak_and_no_leak(shapes_model, temporary_method):
@@ -138,7 +161,41 @@ def test_markdown_table_and_saved_tables(tmp_path, monkeypatch):
     text = ev.markdown_table([{"a": 1.23456, "b": None}, {"a": 2, "b": "x"}], ["a", "b"],
                              {"a": ".2f"})
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | – |", "| 2.00 | x |"]
+    ci = ev.markdown_table([{"a": 0.5, "a_ci": [0.41, 0.6]}], ["a"], {"a": ".2f"})
+    assert ci.splitlines()[-1] == "| 0.50 [0.41, 0.60] |"
+    none = ev.markdown_table([{"a": 0.5, "a_ci": [None, None]}], ["a"], {"a": ".2f"})
+    assert none.splitlines()[-1] == "| 0.50 [n/a] |"
     monkeypatch.setenv("XAI_FIGURES_DIR", str(tmp_path))
     assert ev.save_tables(text, "t").read_text() == text + "\n"
     with pytest.raises(ValueError):
         ev.save_tables(text, "../t")
+
+
+def test_bootstrap_interval_has_the_known_answer():
+    assert ev.bootstrap_ci([0.3] * 7) == pytest.approx((0.3, 0.3, 0.3))
+    mean, lo, hi = ev.bootstrap_ci([0.7])  # one image: no interval, and no verdict
+    assert mean == pytest.approx(0.7) and lo != lo and hi != hi
+    assert ev.versus([0.9], [0.1]) == "tied"
+    # half zeros, half ones: resampled means are Binomial(100, 1/2) / 100, whose 2.5th and
+    # 97.5th percentiles are 0.40 and 0.60
+    mean, lo, hi = ev.bootstrap_ci([0.0] * 50 + [1.0] * 50, resamples=20000)
+    assert (mean, lo, hi) == pytest.approx((0.5, 0.40, 0.60))
+    assert ev.bootstrap_ci(torch.arange(9.0), seed=3) == ev.bootstrap_ci(torch.arange(9.0), seed=3)
+
+
+def test_paired_difference_sees_a_shift_that_the_spread_hides():
+    a = torch.rand(40, generator=torch.Generator().manual_seed(2))
+    b = a + 0.01  # a tiny shift under a large spread between images
+    assert ev.bootstrap_ci(a)[2] > ev.bootstrap_ci(b)[1]  # the two intervals overlap
+    assert ev.paired_difference(b, a) == pytest.approx((0.01, 0.01, 0.01))
+    assert ev.versus(b, a) == "better" and ev.versus(b, a, higher_is_better=False) == "worse"
+    assert ev.versus(a, a) == "tied"
+    assert ev.paired_difference(b, a[:10])[0] == pytest.approx(0.01)  # common first images
+
+
+def test_top_names_every_tie():
+    ones, zeros = torch.ones(20), torch.zeros(20)
+    assert ev.top({"x": ones, "y": ones, "z": zeros}) == ["x", "y"]
+    assert ev.top({"x": ones, "y": ones, "z": zeros}, higher_is_better=False) == ["z"]
+    assert ev.stats.split({"x": ones, "z": zeros}, ones) == {"better": [], "tied": ["x"],
+                                                             "worse": ["z"]}

@@ -3,8 +3,9 @@
 - `method_settings` / `run_method`: keyword arguments for every method of the registry
   (iterative methods at a chosen number of steps, each method's own `evaluation` settings
   from `register(...)`), and maps computed a batch at a time.
-- `quality`: pointing game, energy in mask, deletion and insertion AUC (`metrics`), with
-  a centre and a random map as the floor (`baseline_maps`).
+- `per_image` / `quality`: pointing game, energy in mask, deletion and insertion AUC
+  (`metrics`) per image, and their means with bootstrap intervals (`stats`), with a centre
+  and a random map as the floor (`baseline_maps`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 from xai_utils.core.inputs import model_info
 from xai_utils.core.model_state import model_device
 from xai_utils.core.registry import explain, method_info, methods
-from xai_utils.evaluation import metrics
+from xai_utils.evaluation import metrics, stats
 
 
 def method_settings(model: nn.Module, steps: int | None = None) -> dict[str, dict]:
@@ -60,22 +61,44 @@ def baseline_maps(kind: str, n: int, height: int, width: int, seed: int = 0,
     raise ValueError(f"unknown baseline {kind!r}: use 'centre' or 'random'")
 
 
-def quality(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-            masks: torch.Tensor | None = None, auc_images: int | None = None,
-            auc_steps: int = 16, batch_size: int = 128) -> dict[str, float]:
-    """Mean scores of `maps` for `model` on `x`: deletion / insertion AUC on the first
-    `auc_images` images (None: all), pointing game and energy in mask when `masks` is given."""
-    scores: dict[str, float] = {"images": len(x)}
+def per_image(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+              masks: torch.Tensor | None = None, auc_images: int | None = None,
+              auc_steps: int = 16, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Per-image scores of `maps` for `model` on `x` (CPU tensors): pointing game (0 / 1)
+    and energy in mask when `masks` is given, deletion / insertion AUC on the first
+    `auc_images` images (None: all)."""
+    scores: dict[str, torch.Tensor] = {}
     if masks is not None:
-        scores["pointing_game"] = float(metrics.pointing_game(maps, masks).float().mean())
-        scores["energy_in_mask"] = float(metrics.energy_in_mask(maps, masks).mean())
+        scores["pointing_game"] = metrics.pointing_game(maps, masks).float().cpu()
+        scores["energy_in_mask"] = metrics.energy_in_mask(maps, masks).float().cpu()
     k = len(x) if auc_images is None else min(auc_images, len(x))
     if k:
         args = (model, x[:k], maps[:k], target[:k], auc_steps)
-        scores["deletion_auc"] = float(metrics.deletion_auc(*args, batch_size=batch_size).mean())
-        scores["insertion_auc"] = float(metrics.insertion_auc(*args, batch_size=batch_size).mean())
-        scores["auc_images"] = k
+        scores["deletion_auc"] = metrics.deletion_auc(*args, batch_size=batch_size).cpu()
+        scores["insertion_auc"] = metrics.insertion_auc(*args, batch_size=batch_size).cpu()
     return scores
+
+
+def summarise(per: dict[str, torch.Tensor], images: int, intervals: bool = True,
+              seed: int = 0) -> dict:
+    """Means of `per_image` scores, the number of images and of those with AUCs; with
+    `intervals`, each mean's 95% bootstrap interval over images (`<metric>_ci`: [low, high])."""
+    out: dict = {"images": images}
+    for name, values in per.items():
+        out[name] = float(values.double().mean())
+        if intervals:
+            out[f"{name}_ci"] = list(stats.bootstrap_ci(values, seed=seed)[1:])
+    if "deletion_auc" in per:
+        out["auc_images"] = len(per["deletion_auc"])
+    return out
+
+
+def quality(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+            masks: torch.Tensor | None = None, auc_images: int | None = None,
+            auc_steps: int = 16, batch_size: int = 128) -> dict:
+    """Mean scores of `maps` (`summarise` of `per_image`, without intervals)."""
+    return summarise(per_image(model, x, target, maps, masks, auc_images, auc_steps,
+                               batch_size), len(x), intervals=False)
 
 
 def pointing_geometry(masks: torch.Tensor, tolerance: int | None = None) -> dict[str, float]:
