@@ -184,3 +184,52 @@ def test_default_layers_spread_over_the_stages_and_end_at_the_pooled_code(effnet
                                           [100.0, 100.0, 20.0, 1.0])
     vector = inv.representation(resnet, torch.zeros(1, 3, 64, 64), "avgpool")
     assert vector.flatten(1).shape == (1, resnet.fc.in_features)  # the code the head reads
+
+
+def test_per_element_jitter_equals_sequential_runs():
+    net = tiny_net()
+    x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    t = [inv.representation(net, x, "4")[0]] * 2
+    kw = dict(steps=(6, 2), bound=1.0, C=5.0, progress=False)
+    both = inv.invert_target(net, t, "4", 12, restarts=1, seed=3, jitter=[0, 2], **kw)
+    for i, j in enumerate([0, 2]):
+        one = inv.invert_target(net, t[:1], "4", 12, restarts=1, seed=3, jitter=j, **kw)
+        assert torch.allclose(both.images[i], one.images[0], atol=1e-10)
+
+
+def test_default_jitter_is_a_quarter_of_each_layers_stride():
+    """MV16 roll the input by up to a quarter of the inverted layer's stride: each element
+    gets its own layer's, not the largest in the batch."""
+    net = tiny_net()
+    assert inv.layer_stride(net, "1", 16) == 1 and inv.layer_stride(net, "4", 16) == 2
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    kw = dict(restarts=1, steps=(3, 0), bound=1.0, progress=False)
+    t = [inv.representation(net, x, "1")[0], inv.representation(net, x, "logits")[0]]
+    auto = inv.invert_target(net, t, ["1", "logits"], 16, **kw)
+    given = inv.invert_target(net, t, ["1", "logits"], 16, jitter=[0, 8], **kw)
+    assert torch.equal(auto.images, given.images)
+
+
+def test_engine_without_jitter_reaches_plain_adam():
+    """The control of notebook 07: without jitter the engine's AdaGrad reaches about the
+    error of an independent `torch.optim.Adam` on the same objective (within a factor 1.5),
+    and jitter costs error at the same budget."""
+    net = tiny_net()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    t = [inv.representation(net, x, "4")[0]]
+    kw = dict(restarts=2, seed=0, steps=(60, 10), C=1000.0, bound=1.0)
+    ref = inv.reference_target(net, t, "4", 16, **kw)
+    eng = inv.invert_target(net, t, "4", 16, jitter=0, progress=False, **kw)
+    jit = inv.invert_target(net, t, "4", 16, jitter=4, progress=False, **kw)
+    assert (ref.loss[-1] < 0.2 * ref.loss[0]).all()
+    ratio = float(eng.error.mean() / ref.error.mean())
+    assert 1 / 1.5 < ratio < 1.5
+    assert jit.error.mean() > 2 * eng.error.mean()
+
+
+def test_plain_adam_recovers_an_identity_image():
+    net = nn.Sequential(nn.Identity()).double()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64) * 0.5
+    res = inv.reference_target(net, x, "0", 8, restarts=1, steps=(150, 30), tv_scale=0.0,
+                               alpha_weight=0.0, clamp=0.0, bound=1.0, lr=0.1)
+    assert res.error.max() < 1e-6

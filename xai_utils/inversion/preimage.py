@@ -159,14 +159,15 @@ def run(model: nn.Module, targets: torch.Tensor | Sequence[torch.Tensor], layers
         size: tuple[int, int], bound: float, *, seeds: Sequence[int],
         steps: tuple[int, int] = (300, 50), lr: float | None = None,
         optimizer: str = "adagrad", C=1.0, alpha: float = 6.0, alpha_weight: float = 1.0,
-        beta: float = 2.0, tv_scale=6.5, clamp: float = 2.0, jitter: int = 0,
+        beta: float = 2.0, tv_scale=6.5, clamp: float = 2.0, jitter: int | Sequence[int] = 0,
         momentum: float = 0.9, snapshots: Sequence[int] = (), progress: bool = True,
         centre: torch.Tensor | None = None) -> Result:
     """Minimise E(x) for N batch elements at once; element i inverts targets[i] (a tensor of
     targets or a list, shapes may differ between layers) at layers[i],
     starting from Gaussian noise of norm ~B drawn from torch.Generator(seed=seeds[i]).
 
-    `C` and `tv_scale` (V = B / tv_scale; 0 switches TV off) may be per element;
+    `C`, `tv_scale` (V = B / tv_scale; 0 switches TV off) and `jitter` (the largest random
+    roll, in pixels, of the input the representation term sees; 0 = none) may be per element;
     `alpha_weight` = 0 switches R_alpha off and `clamp` = 0 the pixel-norm clamp (B+ = clamp B).
     `lr` None = the thesis's rule for AdaGrad (in MV16 pixel units), 0.05 (in units of B)
     for Adam.
@@ -190,6 +191,7 @@ def run(model: nn.Module, targets: torch.Tensor | Sequence[torch.Tensor], layers
     centre = u.new_zeros(1, 1, 1, 1) if centre is None else centre.to(u)
     c_w = _per_sample(C, n, u).view(n)
     tv_s = _per_sample(tv_scale, n, u).view(n, 1, 1, 1)
+    jit = [int(j) for j in _per_sample(jitter, n, u.new_zeros(1, dtype=torch.float64))]
     groups = {name: [i for i in range(n) if layers[i] == name] for name in dict.fromkeys(layers)}
     stacked = {name: torch.stack([tlist[i] for i in idx]).flatten(1)
                for name, idx in groups.items()}
@@ -211,11 +213,11 @@ def run(model: nn.Module, targets: torch.Tensor | Sequence[torch.Tensor], layers
 
     for it in tqdm(range(total), desc="inversion", disable=not progress, leave=False):
         rate = lr if it < steps[0] else lr * 0.1
-        shifts = [tuple(int(s) for s in torch.randint(-jitter, jitter + 1, (2,), generator=g))
-                  for g in gens] if jitter else [(0, 0)] * n
+        shifts = [tuple(int(s) for s in torch.randint(-j, j + 1, (2,), generator=g)) if j
+                  else (0, 0) for g, j in zip(gens, jit, strict=True)]
         x = (centre + u * bound).detach().requires_grad_(True)
         xj = torch.stack([torch.roll(x[i], s, (1, 2)) for i, s in enumerate(shifts)]) \
-            if jitter else x
+            if any(jit) else x
         loss = rep_loss(xj)
         (grad,) = torch.autograd.grad((c_w * loss).sum(), x)
         with torch.no_grad():

@@ -104,14 +104,15 @@ def layer_stride(model: nn.Module, layer: str, size: int = 224) -> int:
 
 def invert_target(model: nn.Module, target: torch.Tensor | Sequence[torch.Tensor],
                   layer: str | Sequence[str], size: int | tuple[int, int], *,
-                  restarts: int = 4, seed: int = 0, jitter: int | None = None,
+                  restarts: int = 4, seed: int = 0, jitter: int | Sequence[int] | None = None,
                   bound: float | None = None, **kw) -> Result:
     """Invert N target representations (N x feature shape, or a list), `restarts` each, in
     one batch.
 
     Batch element n * restarts + r inverts target n from the noise of seed `seed + r`, so
     restart r equals a sequential run with `restarts=1, seed=seed + r`. `layer` is one name
-    or one per target; `jitter` None = a quarter of the layer's stride (MV16). Other keyword
+    or one per target; `jitter` None = a quarter of each element's layer's stride (MV16),
+    else one value or one per element. Other keyword
     arguments go to `preimage.run` (steps, lr, optimizer, C, tv_scale, alpha, beta, clamp,
     snapshots, progress); per-element C / tv_scale lists have N * restarts entries.
     """
@@ -121,7 +122,8 @@ def invert_target(model: nn.Module, target: torch.Tensor | Sequence[torch.Tensor
         raise ValueError(f"{len(layers)} layers for {n} targets")
     size = (size, size) if isinstance(size, int) else tuple(size)
     if jitter is None:
-        jitter = max(layer_stride(model, name, size[0]) for name in set(layers)) // 4
+        strides = {name: layer_stride(model, name, size[0]) for name in set(layers)}
+        jitter = [strides[name] // 4 for name in layers for _ in range(restarts)]
     bound = natural_bound(model) if bound is None else bound
     kw.setdefault("centre", natural_centre(model))
     targets = [t for t in target for _ in range(restarts)]
