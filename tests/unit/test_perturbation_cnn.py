@@ -208,3 +208,22 @@ def test_bad_inputs(tiny):
         xu.explain("perturbation_cnn", tiny, x, steps=1, kernel_size=2)
     with pytest.raises(ValueError, match="B x 3 x H x W"):
         pc.generate(torch.randn(1, 1, 8, 8), *pc.init_generator(1))
+
+
+def test_image_kind_names_degenerate_images():
+    img = torch.rand(5, 8, 8, 3)
+    img[0] = 0.0                                   # black
+    img[1] = 0.4                                   # one grey everywhere
+    img[2, ..., 1:] = 0.0                          # red only
+    img[3, ..., 2] = 0.0                           # no blue
+    assert pc.image_kind(img) == ["black", "near-constant", "red only", "no blue",
+                                    "full colour"]
+
+
+def test_brightness_correlation_by_construction():
+    x = torch.linspace(-1, 1, 100).view(1, 1, 10, 10).expand(2, 3, 10, 10).contiguous()
+    darker = -torch.ones_like(x)                   # G(x) black: change grows with brightness
+    flipped = x.flip(-1).flip(-2)                  # change largest at both ends
+    r = pc.brightness_correlation(x, torch.cat([darker[:1], flipped[:1]]), border=0.0)
+    assert float(r[0]) == pytest.approx(1.0)
+    assert abs(float(r[1])) < 0.1

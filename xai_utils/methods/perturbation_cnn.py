@@ -203,3 +203,47 @@ def perturbation_cnn(model, x: torch.Tensor, target: torch.Tensor, steps: int = 
               "l1": (x - x_pert).abs().flatten(1).mean(1),
               "center_of_mass": center_of_mass(saliency)}
     return Explanation(saliency, target, extras=extras)
+
+
+CHANNELS = ("red", "green", "blue")
+
+
+def image_kind(rgb: torch.Tensor, tol: float = 0.02) -> list[str]:
+    """Plain words for degenerate G(x): B x H x W x 3 images in [0, 1] -> "black" (every
+    channel's 99th percentile below `tol`), "near-constant" (pixel std below `tol`), "<c>
+    only" / "no <c>" (the other channels, or that one, empty), else "full colour"."""
+    rgb = torch.as_tensor(rgb).float().flatten(1, 2)              # B x HW x 3
+    empty = rgb.quantile(0.99, dim=1) < tol                       # B x 3
+    flat = rgb.std(1).amax(1) < tol
+    kinds = []
+    for e, f in zip(empty.tolist(), flat.tolist(), strict=True):
+        if all(e):
+            kinds.append("black")
+        elif f:
+            kinds.append("near-constant")
+        elif sum(e) == 2:
+            kinds.append(f"{CHANNELS[e.index(False)]} only")
+        elif sum(e) == 1:
+            kinds.append(f"no {CHANNELS[e.index(True)]}")
+        else:
+            kinds.append("full colour")
+    return kinds
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    return v.argsort(1).argsort(1).to(torch.float64)
+
+
+def brightness_correlation(x: torch.Tensor, x_pert: torch.Tensor,
+                           border: float = 0.1) -> torch.Tensor:
+    """Per image, Spearman's rank correlation between the change |mean_c x - mean_c G(x)| and
+    the photo's brightness mean_c x inside the border band: near 1 when the map (a monotone
+    function of the change before dilation) simply follows how bright the photo is."""
+    h, w = x.shape[-2:]
+    rows, cols = slice(int(border * h), int((1 - border) * h)), slice(int(border * w),
+                                                                     int((1 - border) * w))
+    bright = x.mean(1)[:, rows, cols].flatten(1)
+    change = (x.mean(1) - x_pert.mean(1)).abs()[:, rows, cols].flatten(1)
+    a, b = _ranks(change), _ranks(bright)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
