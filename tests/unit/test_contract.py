@@ -132,9 +132,12 @@ def _inputs(model: nn.Module, model_name: str) -> tuple[torch.Tensor, list[int]]
 
 def _params(method: str, model: nn.Module, model_name: str) -> dict:
     params = dict(method_settings(model, steps=STEPS)[method])
+    info = xu.method_info(method)
     if method == "occlusion":
         side = SIDE[model_name]
         params.update(window=side // 2, stride=side // 2)
+    elif info.probe:  # the budget (masks, samples, path points) cut: the contract holds for any
+        params.update(info.probe(SIDE[model_name]))
     if xu.method_info(method).stochastic:
         params["seed"] = SEED
     return params

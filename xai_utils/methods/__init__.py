@@ -3,10 +3,15 @@
 
 from xai_utils.methods import (  # noqa: F401
     cam,
+    cam_variants,
     extremal,
     gradient,
+    guided,
+    integrated_gradients,
     lrp,
     meaningful,
     occlusion,
     perturbation_cnn,
+    rise,
+    smoothgrad,
 )

@@ -64,7 +64,7 @@ def baseline_for(model, x: torch.Tensor, baseline, blur_sigma: float = 10.0) -> 
     raise ValueError(f"baseline must be 'zero', 'black', 'blur' or a tensor, got {baseline!r}")
 
 
-@register("integrated_gradients")
+@register("integrated_gradients", probe=lambda side: {"steps": 1})
 def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, steps: int = 50,
                          baseline: str | torch.Tensor = "zero",
                          method: str = "gausslegendre", blur_sigma: float = 10.0,

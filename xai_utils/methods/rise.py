@@ -46,7 +46,8 @@ def rise_masks(count: int, size: tuple[int, int], cells: int = 7, p: float = 0.5
               cols[:, None, :]]
 
 
-@register("rise", requires=(), stochastic=True)
+@register("rise", requires=(), stochastic=True, evaluation=lambda side, device: {"masks": 1000},
+          probe=lambda side: {"masks": 2})
 @torch.no_grad()
 def rise(model, x: torch.Tensor, target: torch.Tensor, masks: int | torch.Tensor = 4000,
          cells: int = 7, p: float = 0.5, output: str = "prob", seed: int = 0,

@@ -29,7 +29,7 @@ def noisy_copies(x: torch.Tensor, samples: int, noise: float, seed: int) -> torc
     return (x[None] + noise * span * eps).flatten(0, 1)
 
 
-@register("smoothgrad", stochastic=True)
+@register("smoothgrad", stochastic=True, probe=lambda side: {"samples": 1})
 def smoothgrad(model, x: torch.Tensor, target: torch.Tensor, samples: int = 50,
                noise: float = 0.15, variant: str = "mean", base: str = "gradient",
                seed: int = 0, batch_size: int | None = None, **base_params) -> Explanation:
