@@ -219,3 +219,19 @@ def test_tool_widget_has_a_checkbox_per_feature_in_importance_order():
     checks[0].value = True                              # ticking re-renders without error
     with pytest.raises(ValueError):
         fx.OcclusionTool(model, batch.images[0], masks, probs[:4])
+
+
+def test_window_agreement_by_hand():
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[0, 1:3, 1:3] = True
+    masks[1, 7, 7] = True
+    drop = torch.zeros(10, 10)
+    drop[1:3, 1:3] = -0.5          # windows over feature 1 raise p
+    drop[7, 7] = 0.2
+    drop[7, 4] = 1.0               # the largest drop: 3 px left of feature 2
+    a = fx.window_agreement(drop, masks)
+    assert a["peak"] == [7, 4] and a["peak_distance"] == pytest.approx(3.0)
+    assert a["mean_drop_on_features"] == pytest.approx((4 * -0.5 + 0.2) / 5)
+    assert a["mean_drop_elsewhere"] == pytest.approx(1.0 / 95)
+    assert a["raise_share_on_features"] == pytest.approx(4 / 5)
+    assert fx.window_agreement(drop, masks[:0])["peak_distance"] is None

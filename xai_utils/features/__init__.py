@@ -1,6 +1,7 @@
 """Clustered feature occlusion (Dowling 2018, "Deep Introspection", MEng thesis, ch. 3):
 relevance -> features (`clusters`), features -> occluded images (`occluder`), occluded
-predictions -> the four metrics (`metrics`), and the interactive tool (`tool`)."""
+predictions -> the four metrics (`metrics`, with `window_agreement` for a sliding-window
+map beside the features), and the interactive tool (`tool`)."""
 
 from xai_utils.features.clusters import (
     Features,
@@ -9,7 +10,7 @@ from xai_utils.features.clusters import (
     extract,
     offsets,
 )
-from xai_utils.features.metrics import analyze, evaluate, subset_index
+from xai_utils.features.metrics import analyze, evaluate, subset_index, window_agreement
 from xai_utils.features.occluder import (
     STRATEGIES,
     Occluder,
@@ -24,5 +25,5 @@ from xai_utils.features.tool import OcclusionTool, label_image
 __all__ = [
     "STRATEGIES", "Features", "OcclusionTool", "Occluder", "analyze", "block_maps", "box_masks",
     "connected_components", "drop_small", "evaluate", "extract", "label_image", "occlude",
-    "offsets", "pixel_range", "subset_index", "subsets",
+    "offsets", "pixel_range", "subset_index", "subsets", "window_agreement",
 ]

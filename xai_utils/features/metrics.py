@@ -93,3 +93,23 @@ def analyze(probs: torch.Tensor, chosen: torch.Tensor, target: int | None = None
 def subset_index(row: torch.Tensor) -> int:
     """Row number of a subset in the exhaustive enumeration of `subsets`."""
     return int((row.long().cpu() << torch.arange(len(row))).sum())
+
+
+def window_agreement(drop: torch.Tensor, masks: torch.Tensor) -> dict:
+    """Where a sliding-window occlusion map (H x W, the drop of p at each pixel; Zeiler &
+    Fergus 2014) stands to features (n x H x W bools): its largest drop's pixel and distance
+    (px) to the nearest feature pixel (0: on a feature), the mean drop on the features'
+    pixels and on the rest, and the share of feature pixels where the windows raise p."""
+    union = masks.any(0).to(drop.device)
+    drop = drop.float()
+    row, col = divmod(int(drop.argmax()), drop.shape[-1])
+    yx = union.nonzero().float()
+    distance = (float(((yx - yx.new_tensor([row, col])) ** 2).sum(1).sqrt().min())
+                if len(yx) else None)
+    return {"peak": [row, col], "peak_distance": distance,
+            "mean_drop_on_features": _mean(drop[union]), "mean_drop_elsewhere": _mean(drop[~union]),
+            "raise_share_on_features": _mean((drop[union] < 0).float())}
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    return float(values.mean()) if values.numel() else None
