@@ -96,7 +96,7 @@ runpy.run_module("xai_utils", run_name="__main__", alter_sys=True)
 """
 
 
-def _run_and_kill(cmd: list[str], when=None, victim=None, env=None, limit: float = 120.0):
+def _run_and_kill(cmd: list[str], when=None, victim=None, env=None, limit: float = 300.0):
     """Start `cmd`; SIGKILL it (or the process `victim` picks from its tree) once `when()`
     holds, or let it kill itself (`SELF_KILL`). Return whether it died by a kill and the
     processes of the run still alive 5 s after it ended."""
