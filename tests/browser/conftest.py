@@ -51,7 +51,7 @@ REDRAWN = """([img, caption, before, want, same]) => {
   const text = caption.innerText;
   return same === null ? text.includes(want) : text === same;
 }"""
-RUN_TIMEOUT_MS = int(os.environ.get("XAI_BROWSER_TIMEOUT", 300_000))
+RUN_TIMEOUT_MS = int(os.environ.get("XAI_BROWSER_TIMEOUT", 1_200_000))
 
 
 def _free_port() -> int:

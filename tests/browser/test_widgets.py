@@ -106,6 +106,7 @@ def work_controls(lab, stem: str) -> None:
             step = -step
 
 
+@pytest.mark.timeout(1500)  # 08 runs all 16 methods before its explorer appears
 @pytest.mark.parametrize("stem", sorted(NOTEBOOKS))
 def test_every_control_redraws_what_it_says(lab, stem, tmp_path):
     lab.run_all(stem, _parameters(stem))

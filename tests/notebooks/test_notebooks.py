@@ -1,5 +1,6 @@
 """Every notebook, executed by papermill with tiny parameters, must record what
-smoke/<notebook>.json expects and write its figures; committed notebooks carry no outputs and one parameters cell."""
+smoke/<notebook>.json expects and write its figures; committed notebooks carry no outputs and
+one parameters cell."""
 
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def test_committed_notebook_is_clean(path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 08 runs all 16 methods; a shared machine may be slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_records(path, tmp_path):
     """Skipped in a session that runs the same notebook with the same parameters in the
@@ -111,6 +113,7 @@ def parameter_names(path: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "PRETRAINED" in parameter_names(p)],
                          ids=lambda p: p.stem)
 def test_notebook_runs_on_another_model_and_a_photo_file(path, tmp_path):
