@@ -25,7 +25,7 @@ import torch
 from captum.attr import Occlusion
 
 import xai_utils as xu
-from xai_utils import features as fx
+from xai_utils import feature_occlusion as fx
 from xai_utils.core.model_state import merged_batchnorm
 from xai_utils.evaluation.profiling import timed
 

@@ -127,7 +127,8 @@ def main() -> None:
         print(f"cell class probability on the intact grid: mean {float(p0.mean()):.3f}, "
               f"median {float(p0.median()):.3f}; AUCs below are divided by it")
     auc = ("| deletion | insertion ", "|---|---") if args.auc else ("", "")
-    print(f"| method | maps | mean | median | quartiles | peak in cell {auc[0]}| seconds |")
+    print(f"| method | maps | mean [95% interval over grids] | median | quartiles | peak in cell "
+          f"{auc[0]}| seconds |")
     print(f"|---|---|---|---|---|---{auc[1]}|---|")
     gen = torch.Generator().manual_seed(0)
     distributions = {}
@@ -152,7 +153,8 @@ def main() -> None:
             d = deletion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
             ins = insertion_auc(model, x, maps, targets, args.auc, baseline=blurred, batch_size=16)
             aucs = f"| {float((d / p0).mean()):.3f} | {float((ins / p0).mean()):.3f} "
-        print(f"| {label} | {len(scores)} | {s['mean']:.3f} | {s['median']:.3f} | "
+        print(f"| {label} | {len(scores)} | {s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}] | "
+              f"{s['median']:.3f} | "
               f"{s['q25']:.2f}-{s['q75']:.2f} | {peak:.0%} {aucs}| "
               f"{time.perf_counter() - start:.0f} |", flush=True)
     print("a map spread evenly over the grid scores 0.25; peak in cell by chance: 25 %")

@@ -13,8 +13,8 @@ import warnings
 import torch
 
 import xai_utils as xu
-from xai_utils.data.zoo import CONTRACT_MODELS
 from xai_utils.evaluation.harness import method_settings
+from xai_utils.models.zoo import CONTRACT_MODELS
 
 
 def cell(model: torch.nn.Module, method: str, side: int) -> str | None:

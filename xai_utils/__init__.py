@@ -9,8 +9,9 @@ The public API (see README.md, "Architecture"):
     expl = xu.explain("gradient", model, x)
 
 Layers, lowest first (enforced by import-linter, see pyproject.toml): `core` (registry,
-hooks, model state, input statistics), `data` and `viz`, `methods` (importing it fills the
-registry), the tools `features`, `inversion` and `nbdt`, `evaluation`, `notebook`.
+hooks, model state, input statistics), `data` and `viz`, `models`, `methods` (importing it
+fills the registry), the tools `feature_occlusion`, `inversion` and `nbdt`, `evaluation`,
+`runner`, `notebook`.
 
 `import xai_utils` loads neither matplotlib nor zarr: the whole-dataset runner
 (`explain_dataset`, `RunSummary`, `RunMismatchError`, `xu.runner`) and the notebook helpers
@@ -23,7 +24,7 @@ import importlib.metadata as _metadata
 # The package `methods` is imported for its side effect (it fills the registry); the name
 # `xu.methods` is the function below that lists the registered names.
 import xai_utils.methods  # noqa: F401
-from xai_utils import data, evaluation, features, inversion, nbdt  # noqa: F401
+from xai_utils import data, evaluation, feature_occlusion, inversion, models, nbdt  # noqa: F401
 from xai_utils.core.hooks import capture, get_layer
 from xai_utils.core.inputs import ModelInfo, device, input_spec
 from xai_utils.core.registry import (
@@ -45,9 +46,9 @@ from xai_utils.data.images import (
     sample_images,
     to_image,
 )
-from xai_utils.data.models import load_model, predict, wrap
-from xai_utils.data.zoo import WeightsUnavailable
 from xai_utils.evaluation import metrics
+from xai_utils.models import load_model, predict, wrap
+from xai_utils.models.zoo import WeightsUnavailable
 from xai_utils.viz import overlay, save_figure
 
 # Imported on first use (PEP 562 `__getattr__` below): name -> the module that defines it.
@@ -72,7 +73,7 @@ __all__ = [
     "evaluation",
     "explain",
     "explain_dataset",
-    "features",
+    "feature_occlusion",
     "get_layer",
     "image_name",
     "imagenet_classes",
@@ -84,6 +85,7 @@ __all__ = [
     "method_info",
     "methods",
     "metrics",
+    "models",
     "nbdt",
     "overlay",
     "predict",

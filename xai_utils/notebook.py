@@ -96,7 +96,7 @@ def setup(values: dict, **types):
     """
     import torch
 
-    from xai_utils.data.models import load_model
+    from xai_utils.models import load_model
 
     check_params(values, **types)
     if values.get("DEVICE"):
@@ -130,19 +130,24 @@ def listing(items, empty: str = "none") -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def summary(template: str, name: str | None = None, **values) -> str:
+def summary(template: str, name: str | None = None, headline: str | None = None,
+            **values) -> str:
     """Render a notebook's "What we saw" from this run's records and display it as Markdown.
 
     `{record}` and `{record[key]}` fields (format specs allowed: `{prob[chelsea]:.4f}`) are
     filled from `record`ed values; `values` adds computed ones (words from `compare`,
-    derived numbers). With `name`, the text is also written to `figures/<name>.md`, from where
-    `make figures` copies the highlights into the README. Returns the text.
+    derived numbers). With `name`, the text is also written to `figures/<name>.md`, and
+    `headline` (one sentence, a template on the same fields) to
+    `figures/<name without _summary>_headline.md`: `make figures` builds the README's
+    notebook table from the headlines and `docs/results.md` from the summaries. Returns the
+    text.
     """
     from IPython.display import Markdown, display
 
     fields = {**RECORDS, **values}
     try:
         text = template.format_map(fields)
+        line = headline.format_map(fields) if headline else None
     except KeyError as err:
         raise KeyError(f"summary names {err} but nothing was recorded under it; recorded: "
                        f"{sorted(RECORDS)}") from None
@@ -152,6 +157,9 @@ def summary(template: str, name: str | None = None, **values) -> str:
         out = figures_dir()
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.md").write_text(text.strip() + "\n")
+        if line:
+            stem = name.removesuffix("_summary")
+            (out / f"{stem}_headline.md").write_text(" ".join(line.split()) + "\n")
     display(Markdown(text))
     return text
 

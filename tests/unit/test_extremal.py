@@ -7,22 +7,6 @@ from xai_utils.core.ops import gaussian_blur
 from xai_utils.methods import extremal as ep
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
-
-
-@pytest.fixture
-def tiny():
-    torch.manual_seed(0)
-    return Tiny().double().eval()
-
-
 def test_pyramid_levels_and_interpolation():
     torch.manual_seed(0)
     x = torch.rand(2, 3, 20, 20, dtype=torch.float64)

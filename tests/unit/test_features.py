@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import xai_utils as xu
-from xai_utils import features as fx
+from xai_utils import feature_occlusion as fx
 from xai_utils.core.ops import gaussian_blur
 
 

@@ -55,7 +55,7 @@ def test_disconnected_cells_only_see_their_own_pixels():
 
     torch.manual_seed(0)
     net = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
-    net.xai = xu.data.models.ModelInfo("r", (0.0,) * 3, (1.0,) * 3, 32, 1.0, "bilinear",
+    net.xai = xu.ModelInfo("r", (0.0,) * 3, (1.0,) * 3, 32, 1.0, "bilinear",
                                        tuple("abcde"))
     grid = xu.evaluation.grid.Disconnected(net)
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
@@ -72,3 +72,16 @@ def test_disconnected_cells_only_see_their_own_pixels():
                            composite="epsilon_gamma_box").extras["relevance"]
     assert relevance[0][:, masks[1]].abs().sum() > 0 and not relevance[0][:, ~masks[1]].any()
     assert not relevance[1][:, ~masks[3]].any()
+
+
+def test_summarise_resamples_whole_grids():
+    """The interval resamples grids, not maps: two grids whose four maps agree within each
+    grid give resampled means of 0.1, 0.5 or 0.9 only, so the interval spans both grids
+    (eight maps taken as independent would give a narrower one)."""
+    import numpy as np
+
+    from xai_utils.evaluation.grid import summarise
+
+    s = summarise(np.array([0.1] * 4 + [0.9] * 4))
+    assert s["mean"] == pytest.approx(0.5)
+    assert (s["low"], s["high"]) == (pytest.approx(0.1), pytest.approx(0.9))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_nets import two_conv_net
 from torch import nn
 
 import xai_utils as xu
@@ -13,11 +14,7 @@ from xai_utils.core.hooks import registered_hooks
 
 
 def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 4))
-    return net.double().eval()
+    return two_conv_net(classes=4, seed=0)
 
 
 @pytest.mark.parametrize("alpha", [6.0, 4.0])

@@ -6,24 +6,6 @@ import xai_utils as xu
 from xai_utils.methods import meaningful as mp
 
 
-class Tiny(nn.Module):
-    """conv -> ReLU -> global average pool -> linear: small, deterministic, float64."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
-
-
-@pytest.fixture
-def tiny():
-    torch.manual_seed(0)
-    return Tiny().double().eval()
-
-
 @pytest.mark.parametrize("preset", ["port", "paper"])
 def test_mask_one_without_noise_gives_the_image_exactly(preset):
     p = mp.resolve_preset(preset)
@@ -31,13 +13,13 @@ def test_mask_one_without_noise_gives_the_image_exactly(preset):
     x = torch.randn(2, 3, 32, 32)
     null = mp.null_image(x, p)
     mask = torch.ones(2, 1, p.mask_size, p.mask_size)
-    up = mp.upsample(mask, (32, 32), p)
+    up = mp.upsample_mask(mask, (32, 32), p)
     assert torch.equal(up, torch.ones_like(up))
     assert torch.equal(mp.blend(x, null, up), x)
     l1, tv = mp.regularizers(mask, p)
     assert torch.equal(l1, torch.zeros(2)) and torch.equal(tv, torch.zeros(2))
     # mask 0 gives the null image
-    zero = mp.upsample(torch.zeros_like(mask), (32, 32), p)
+    zero = mp.upsample_mask(torch.zeros_like(mask), (32, 32), p)
     torch.testing.assert_close(mp.blend(x, null, zero), null)
 
 

@@ -3,6 +3,7 @@ import torch
 
 import xai_utils as xu
 from xai_utils.data import shapes
+from xai_utils.models import shapes_vgg
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -44,13 +45,13 @@ def test_unknown_model_names_suggestions():
 def test_shapes_vgg_accuracy_and_plain_layers(shapes_model):
     kinds = {type(m) for m in shapes_model.modules()}
     assert not any("Norm" in k.__name__ for k in kinds)
-    acc = shapes.accuracy(shapes_model, n=1000)
+    acc = shapes_vgg.accuracy(shapes_model, n=1000)
     assert acc >= 0.95, acc
 
 
 def test_fold_batchnorm_preserves_outputs():
     torch.manual_seed(0)
-    trained = shapes.ShapesVGG(batchnorm=True)
+    trained = shapes_vgg.ShapesVGG(batchnorm=True)
     for m in trained.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
@@ -58,7 +59,7 @@ def test_fold_batchnorm_preserves_outputs():
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
     trained.eval()
-    plain = shapes.fold_batchnorm(trained)
+    plain = shapes_vgg.fold_batchnorm(trained)
     x = torch.rand(4, 3, 112, 112)
     torch.testing.assert_close(plain(x), trained(x), rtol=1e-4, atol=1e-5)
 
@@ -84,8 +85,8 @@ def test_shapes_generator_is_deterministic_and_masks_are_white():
 
 
 def test_training_is_deterministic(tmp_path):
-    a = shapes.train(steps=4, batch=8, out=tmp_path / "a.pt")
-    b = shapes.train(steps=4, batch=8, out=tmp_path / "b.pt")
+    a = shapes_vgg.train(steps=4, batch=8, out=tmp_path / "a.pt")
+    b = shapes_vgg.train(steps=4, batch=8, out=tmp_path / "b.pt")
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in a.modules())

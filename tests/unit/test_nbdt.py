@@ -11,7 +11,7 @@ import torch
 
 import xai_utils as xu
 from xai_utils import nbdt
-from xai_utils.nbdt import figures as nbdt_shapes
+from xai_utils.nbdt import six_shapes as nbdt_shapes
 from xai_utils.nbdt.hierarchy import NLTK_DATA, WordNetMissing
 
 

@@ -135,3 +135,17 @@ def test_upload_explains_good_files_and_reports_bad_ones(tmp_path):
     assert "ImageLoadError: notes.jpg: not an image file PIL can read" in caption.value
     send("tiny.png", buffer.read_bytes())
     assert caption.value == "tiny: 40 x 30"
+
+
+def test_summary_and_headline_are_rendered_from_the_records(tmp_path, monkeypatch):
+    """The summary and its headline are filled from the same records and written beside the
+    figures; a field nothing recorded names what was recorded."""
+    monkeypatch.setenv("XAI_FIGURES_DIR", str(tmp_path))
+    monkeypatch.setattr(notebook, "RECORDS", {"score": 0.25})
+    text = notebook.summary("## What we saw\n\n- score {score:.2f} ({word})", name="99_x_summary",
+                            headline="The score is {score:.0%}, {word}.", word="tied")
+    assert text == "## What we saw\n\n- score 0.25 (tied)"
+    assert (tmp_path / "99_x_summary.md").read_text() == text + "\n"
+    assert (tmp_path / "99_x_headline.md").read_text() == "The score is 25%, tied.\n"
+    with pytest.raises(KeyError, match="nothing was recorded under it; recorded: \\['score'\\]"):
+        notebook.summary("{missing}", headline="{score}")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from captum.attr import Occlusion
+from tiny_nets import two_conv_net
 from torch import nn
 
 import xai_utils as xu
@@ -39,10 +40,7 @@ def test_linear_model_drop_is_sum_of_w_times_x_minus_baseline():
 
 
 def small_net() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 5)).double().eval()
+    return two_conv_net(classes=5, seed=1)
 
 
 @pytest.mark.parametrize("window,stride,baseline", [(5, 3, 0.0), ((6, 4), (2, 3), 0.5)])

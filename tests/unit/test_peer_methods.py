@@ -10,7 +10,7 @@ from torch import nn
 
 import xai_utils as xu
 from xai_utils.methods import (  # noqa: F401 - registers them
-    cam_variants,
+    cam,
     guided,
     integrated_gradients,
     rise,
@@ -132,13 +132,13 @@ def test_cam_variants_equal_pytorch_grad_cam(shapes_model, name):
     t = [0, 1]
     layer = "features.7"
     if name == "scorecam":  # pytorch-grad-cam upsamples the masks with aligned corners
-        ours = cam_variants.ScoreCAM(shapes_model, layer, align_corners=True)(x, t).saliency
+        ours = cam.ScoreCAM(shapes_model, layer, align_corners=True)(x, t).saliency
         ours = ours[:, 0]
     else:
         ours = xu.explain(name, shapes_model, x, t, layer=layer).saliency
     with ref_class(model=shapes_model, target_layers=[dict(shapes_model.named_modules())[layer]]
-                   ) as cam:
-        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(i) for i in t])
+                   ) as reference:
+        theirs = reference(input_tensor=x, targets=[ClassifierOutputTarget(i) for i in t])
     for b in range(2):
         ours_b = xu.viz.normalize(ours[b])
         assert np.corrcoef(ours_b.ravel(), theirs[b].ravel())[0, 1] >= 0.999

@@ -11,9 +11,9 @@ from torch import nn
 
 import xai_utils as xu
 from xai_utils.core.outputs import OutputSelector, select_output
-from xai_utils.data import zoo
-from xai_utils.methods.cam_layers import LayerSpec, to_maps
+from xai_utils.methods.cam.layers import LayerSpec, to_maps
 from xai_utils.methods.lrp import input_bounds
+from xai_utils.models import zoo
 
 
 class Net(nn.Module):

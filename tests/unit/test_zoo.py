@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import xai_utils as xu
-from xai_utils.data.zoo import CONTRACT_MODELS
 from xai_utils.evaluation.harness import method_settings
+from xai_utils.models.zoo import CONTRACT_MODELS
 
 STEPS = 3
 SEED = 7

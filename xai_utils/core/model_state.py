@@ -32,6 +32,11 @@ import torch
 from torch import nn
 
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# the one list of modules that pass values through unchanged in eval mode (IDENTITY_IN_EVAL)
+# or only reshape them (PASS_THROUGH); methods that skip, trust or re-express modules extend it
+IDENTITY_IN_EVAL = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                    nn.AlphaDropout)
+PASS_THROUGH = (*IDENTITY_IN_EVAL, nn.Flatten, nn.Unflatten)
 MERGEABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 

@@ -111,29 +111,43 @@ def check_input(x: torch.Tensor) -> None:
         raise TypeError(f"x must be a float tensor, got {x.dtype}")
 
 
+def class_indices(targets, batch: int, device=None, num_classes: int | None = None
+                  ) -> torch.Tensor:
+    """The one reading of an explicit target: an int (every image), B indices (one per
+    image) or B x T (T classes per image) -> a B x T LongTensor, each index checked against
+    `num_classes` when given."""
+    t = torch.as_tensor(targets, device=device)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got {t.dtype}")
+    t = t.long()
+    t = t.expand(batch) if t.dim() == 0 else t
+    if t.dim() == 1 and t.numel() != batch:
+        raise ValueError(f"got {t.numel()} targets for a batch of {batch}")
+    t = t[:, None] if t.dim() == 1 else t
+    if t.dim() != 2 or t.shape[0] != batch:
+        raise ValueError(f"target must be an int, B or B x T class indices for a batch of "
+                         f"{batch}, got shape {tuple(t.shape)}")
+    if num_classes and ((t < 0) | (t >= num_classes)).any():
+        bad = t[(t < 0) | (t >= num_classes)][0].item()
+        raise IndexError(f"class index {bad} is out of range for a model with "
+                         f"{num_classes} classes (0..{num_classes - 1})")
+    return t
+
+
 def resolve_target(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
-    """Target classes as a B-long tensor: None = top class; int or sequence otherwise."""
+    """Target classes as a B-long tensor: None = top class; int or B indices otherwise."""
     batch = x.shape[0]
     if target is None:
         with torch.no_grad():
             return model(x).argmax(dim=1)
-    t = torch.as_tensor(target, device=x.device)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got {t.dtype}")
-    t = t.long().reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(batch)
-    if t.numel() != batch:
-        raise ValueError(f"got {t.numel()} targets for a batch of {batch}")
     num_classes = model_info(model).num_classes
     if not num_classes:
         with torch.no_grad():
             num_classes = model(x[:1]).shape[1]
-    if (t < 0).any() or (t >= num_classes).any():
-        bad = t[(t < 0) | (t >= num_classes)][0].item()
-        raise IndexError(f"class index {bad} is out of range for a model with "
-                         f"{num_classes} classes (0..{num_classes - 1})")
-    return t.contiguous()
+    t = class_indices(target, batch, x.device, num_classes)
+    if t.shape[1] != 1:
+        raise ValueError(f"explain() takes one target per image, got {t.shape[1]}")
+    return t[:, 0].contiguous()
 
 
 def explain(name: str, model: nn.Module, x: torch.Tensor, target=None, **params) -> Explanation:

@@ -1,4 +1,4 @@
-"""Inputs: models from the zoos and the embedded ones, images, class names, the generated
-shapes task."""
+"""Inputs: images, class names, the generated shapes task (the models are in
+`xai_utils.models`)."""
 
 from xai_utils.data import shapes  # noqa: F401

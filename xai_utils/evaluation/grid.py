@@ -95,9 +95,18 @@ def peak_in_cell(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     return masks.gather(1, flat[:, None])[:, 0]
 
 
-def summarise(scores: np.ndarray) -> dict[str, float]:
+def summarise(scores: np.ndarray, cells: int = 4) -> dict[str, float]:
+    """Mean, median, quartiles, and the mean's 95 % bootstrap interval over grids (the
+    `cells` maps of one grid, consecutive in `scores`, share its photos: they are resampled
+    together)."""
+    from xai_utils.evaluation.stats import bootstrap_ci
+
+    scores = np.asarray(scores, dtype=np.float64)
+    per_grid = scores.reshape(-1, cells).mean(1) if len(scores) % cells == 0 else scores
+    _, low, high = bootstrap_ci(per_grid)
     return {"mean": float(np.mean(scores)), "median": float(np.median(scores)),
-            "q25": float(np.quantile(scores, 0.25)), "q75": float(np.quantile(scores, 0.75))}
+            "q25": float(np.quantile(scores, 0.25)), "q75": float(np.quantile(scores, 0.75)),
+            "low": low, "high": high}
 
 
 class Disconnected(nn.Module):

@@ -33,7 +33,7 @@ from xai_utils.core.inputs import input_spec, model_info
 from xai_utils.core.model_state import model_device
 from xai_utils.core.ops import bounding_boxes
 from xai_utils.core.registry import explain
-from xai_utils.features.clusters import extract
+from xai_utils.feature_occlusion.clusters import extract
 from xai_utils.inversion.preimage import Result, representation, run
 
 Box = tuple[int, int, int, int]   # top, left, bottom, right (exclusive), in input pixels

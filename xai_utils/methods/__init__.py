@@ -3,7 +3,6 @@
 
 from xai_utils.methods import (  # noqa: F401
     cam,
-    cam_variants,
     extremal,
     gradient,
     guided,

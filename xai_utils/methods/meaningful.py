@@ -3,7 +3,7 @@
 A low-resolution mask m (1 = keep) is upsampled to the input and blends the image x0 with a
 perturbed copy ("null image") of it (the paper's eq. 3 with a fixed blur, as its code does):
 
-    Phi(x0; m) = x0 * M + null * (1 - M),      M = upsample(m)
+    Phi(x0; m) = x0 * M + null * (1 - M),      M = upsample_mask(m)
 
 and m minimises (paper eq. 4 / 5)
 
@@ -128,7 +128,7 @@ def null_image(x: torch.Tensor, p: Preset) -> torch.Tensor:
     raise ValueError(f"unknown blur {p.blur!r}: median, median+gaussian or gaussian")
 
 
-def upsample(mask: torch.Tensor, size: tuple[int, int], p: Preset) -> torch.Tensor:
+def upsample_mask(mask: torch.Tensor, size: tuple[int, int], p: Preset) -> torch.Tensor:
     """Low-res mask (B x 1 x h x w) -> mask at input resolution, in [0, 1].
 
     Interpolation and blur are linear with weights summing to one, so we upsample the deletion
@@ -213,7 +213,7 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor,
     with frozen(model):
         for step in tqdm(range(p.steps), desc="meaningful perturbation", disable=not progress,
                          leave=False):
-            inp = blend(x, null, upsample(mask, (h, w), p))
+            inp = blend(x, null, upsample_mask(mask, (h, w), p))
             if p.jitter:
                 inp = _shift(inp, *shifts[step], p.jitter)
             if p.noise:
@@ -229,9 +229,9 @@ def meaningful_perturbation(model, x: torch.Tensor, target: torch.Tensor,
                 mask.clamp_(0, 1)
                 curves[:, :, step] = torch.stack([loss, l1, tv, prob]).detach()
                 if step + 1 in snapshots:
-                    snaps.append(1 - upsample(mask, (h, w), p).clamp(0, 1)[:, 0])
+                    snaps.append(1 - upsample_mask(mask, (h, w), p).clamp(0, 1)[:, 0])
     mask = mask.detach()
-    mask_up = upsample(mask, (h, w), p).clamp(0, 1)
+    mask_up = upsample_mask(mask, (h, w), p).clamp(0, 1)
     perturbed = blend(x, null, mask_up)
     extras = {"mask": mask, "mask_up": mask_up[:, 0], "perturbed": perturbed, "null": null,
               "loss": curves[0], "l1": curves[1], "tv": curves[2], "prob": curves[3],
@@ -260,9 +260,10 @@ def mask_controls(model, x: torch.Tensor, expl: Explanation) -> MaskControls:
     jitter): does it need in-between blends (rounded mask), its places (turned mask)?"""
     e, target = expl.extras, expl.target
     p, null, size = e["preset"], e["null"], x.shape[-2:]
+    binary = (e["mask"] > 0.5).to(x.dtype)
     inputs = {"optimised": e["perturbed"], "null image": null,
-              "rounded to 0/1": blend(x, null, upsample((e["mask"] > 0.5).to(x.dtype), size, p)),
-              "turned 180°": blend(x, null, upsample(e["mask"].flip(2, 3), size, p))}
+              "rounded to 0/1": blend(x, null, upsample_mask(binary, size, p)),
+              "turned 180°": blend(x, null, upsample_mask(e["mask"].flip(2, 3), size, p))}
     ratios = {k: _probability(model, v, target) / e["prob_before"] for k, v in inputs.items()}
     return MaskControls(ratios, model(e["perturbed"]).argmax(1),
                         (e["perturbed"] - null).abs().sum(1), inputs["turned 180°"])

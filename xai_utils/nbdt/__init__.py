@@ -1,9 +1,9 @@
 """Neural-Backed Decision Trees (`xu.nbdt`): the induced hierarchy named by WordNet
 (`hierarchy`), inference along the tree (`tree`), saliency maps of its decisions
-(`saliency`), path plots (`plot`), the six-figure teaching task (`figures`) and nbdt's
+(`saliency`), path plots (`plot`), the six-figure teaching task (`six_shapes`) and nbdt's
 CIFAR-10 checkpoint (`cifar`)."""
 
-from xai_utils.nbdt import cifar, figures
+from xai_utils.nbdt import cifar, six_shapes
 from xai_utils.nbdt.cifar import load_cifar10_nbdt
 from xai_utils.nbdt.hierarchy import (
     WordNetMissing,
@@ -47,9 +47,9 @@ from xai_utils.nbdt.tree import (
 __all__ = [
     "RULES", "EdgeHead", "Inference", "Tree", "WordNetMissing", "agreement", "cifar",
     "classifier_weights", "decision_saliency", "edge_log_probs", "edge_logits",
-    "explanation_lines", "figures", "flat_tree", "hard", "imagenet_wnids", "induce",
+    "explanation_lines", "flat_tree", "hard", "imagenet_wnids", "induce",
     "induce_graph", "infer", "last_steps", "load_cifar10_nbdt", "log_soft", "margin_matrix",
     "nbdt_induced_graph", "node_saliency", "path_names", "plot_path", "read_graph", "root_of",
-    "soft", "soft_path", "successive_similarity", "tree_supervision_loss", "wnids_for",
-    "wordnet", "write_graph",
+    "six_shapes", "soft", "soft_path", "successive_similarity", "tree_supervision_loss",
+    "wnids_for", "wordnet", "write_graph",
 ]

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(name: str, device: str):
-    from xai_utils.data.models import load_model
+    from xai_utils.models import load_model
     from xai_utils.runner.checks import ConfigError
 
     try:

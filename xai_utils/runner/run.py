@@ -196,7 +196,7 @@ def explain_dataset(method: str, model: nn.Module | str, data, out: str | Path, 
     when this returns; while it runs, the store is locked against other processes.
     """
     if isinstance(model, str):
-        from xai_utils.data.models import load_model
+        from xai_utils.models import load_model
         model = load_model(model)
     check_run(method, model, params, target, dtype, batch_size, num_workers, max_failures)
     info, dev, started = model_info(model), model_device(model), time.perf_counter()

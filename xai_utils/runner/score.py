@@ -104,7 +104,7 @@ def score_store(path: str | Path, metrics: tuple[str, ...] | list[str] = ("point
     need_model = bool({"deletion", "insertion"} & set(metrics))
     if need_model:
         if model is None or isinstance(model, str):
-            from xai_utils.data.models import load_model
+            from xai_utils.models import load_model
             model = load_model(model or run["model"])
         if weight_hash(model) != run["weights"]:
             raise ValueError(f"the model's weights differ from those of the run in {path}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xai_utils.core.model_state import BATCHNORM, MergedBatchNorm, canonized
+from xai_utils.core.model_state import BATCHNORM, PASS_THROUGH, MergedBatchNorm, canonized
 from xai_utils.core.registry import Explanation, MethodNotApplicable, register
 from xai_utils.methods.lrp.composites import COMPOSITES, Composite, get_composite, input_bounds
 from xai_utils.methods.lrp.conservative import held_constant
@@ -44,10 +44,9 @@ __all__ = ["COMPOSITES", "CONTRASTS", "CONTRAST_COMPOSITE", "Composite", "NoRule
 ACTIVATIONS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Tanh,
                nn.Sigmoid, nn.Softplus, nn.Hardswish, nn.Mish)
 # layers whose plain gradient is already the right LRP rule (see rules.py)
-GRADIENT_OK = (nn.ReLU, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d,
-               nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.MaxPool1d, nn.MaxPool2d,
-               nn.MaxPool3d, nn.AdaptiveMaxPool2d)
+GRADIENT_OK = (*PASS_THROUGH, nn.ReLU, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.MaxPool1d,
+               nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)
 
 
 

@@ -28,11 +28,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from xai_utils.core.model_state import MergedBatchNorm
+from xai_utils.core.model_state import IDENTITY_IN_EVAL, MergedBatchNorm
 
-ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
-               nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d,
-               nn.BatchNorm2d)
+ELEMENTWISE = (*IDENTITY_IN_EVAL, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,
+               nn.Hardswish, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.BatchNorm2d)
 
 
 def _timm_leaves() -> tuple[tuple, tuple]:

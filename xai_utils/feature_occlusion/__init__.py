@@ -3,15 +3,15 @@ relevance -> features (`clusters`), features -> occluded images (`occluder`), oc
 predictions -> the four metrics (`metrics`, with `window_agreement` for a sliding-window
 map beside the features), and the interactive tool (`tool`)."""
 
-from xai_utils.features.clusters import (
+from xai_utils.feature_occlusion.clusters import (
     Features,
     connected_components,
     drop_small,
     extract,
     offsets,
 )
-from xai_utils.features.metrics import analyze, evaluate, subset_index, window_agreement
-from xai_utils.features.occluder import (
+from xai_utils.feature_occlusion.metrics import analyze, evaluate, subset_index, window_agreement
+from xai_utils.feature_occlusion.occluder import (
     STRATEGIES,
     Occluder,
     block_maps,
@@ -20,7 +20,7 @@ from xai_utils.features.occluder import (
     pixel_range,
     subsets,
 )
-from xai_utils.features.tool import OcclusionTool, label_image
+from xai_utils.feature_occlusion.tool import OcclusionTool, label_image
 
 __all__ = [
     "STRATEGIES", "Features", "OcclusionTool", "Occluder", "analyze", "block_maps", "box_masks",

@@ -23,8 +23,8 @@ several target classes share one forward pass; maps stay raw (the ReLU-ed weight
 upsampled), not min-max normalised, so the identities above can be tested. CAM keeps the
 sign (no ReLU) by default, as the paper; pass `relu=True` to clip it.
 
-Which layer is read, and how tokens or channel-last outputs become maps: cam_layers.py;
-CAM's head check: cam_head.py; the recording and gradients: cam_grads.py.
+Which layer is read, and how tokens or channel-last outputs become maps: layers.py;
+CAM's head check: head.py; the recording and gradients: grads.py.
 """
 
 from __future__ import annotations
@@ -35,16 +35,20 @@ import torch
 from torch import nn
 
 from xai_utils.core.hooks import get_layer
-from xai_utils.core.registry import Explanation, MethodNotApplicable, register
-from xai_utils.methods.cam_cache import LayerCache
-from xai_utils.methods.cam_grads import (
-    _as_targets,
+from xai_utils.core.registry import (
+    Explanation,
+    MethodNotApplicable,
+    class_indices,
+    register,
+)
+from xai_utils.methods.cam.cache import LayerCache
+from xai_utils.methods.cam.grads import (
     activations_and_gradients,
     upsample,
     weighted_sum,
 )
-from xai_utils.methods.cam_head import gap_linear_head, global_pool_layer
-from xai_utils.methods.cam_layers import (
+from xai_utils.methods.cam.head import gap_linear_head, global_pool_layer
+from xai_utils.methods.cam.layers import (
     LayerSpec,
     cam_layer_spec,
     default_layer,
@@ -133,7 +137,7 @@ class ChannelWeightedMap:
 
     def __call__(self, x: torch.Tensor, targets=None, topk: int = 1) -> CamResult:
         """Maps for `targets` (None: the `topk` top classes; int; B; or B x T indices)."""
-        t = _as_targets(targets, x.shape[0], x.device)
+        t = None if targets is None else class_indices(targets, x.shape[0], x.device)
         act, grad, logits, t = self.maps(x, t, topk)
         raw, weights = self.combine(x, act, grad, t)
         self.verify(raw, logits, t)

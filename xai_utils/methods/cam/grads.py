@@ -1,6 +1,6 @@
 """The shared work of CAM and Grad-CAM: one forward pass recording layers (autograd only from
 the first of them on), gradients of the target logits with respect to their outputs, the
-channel-weighted sum and the upsampling (see cam.py for the equations)."""
+channel-weighted sum and the upsampling (see base.py for the equations)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_utils.core.hooks import capture, get_layer
-
-
-def _as_targets(targets, batch: int, device) -> torch.Tensor | None:
-    """None, an int, a B-long or a B x T set of class indices -> B x T LongTensor (or None)."""
-    if targets is None:
-        return None
-    t = torch.as_tensor(targets, device=device)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"targets must hold integer class indices, got {t.dtype}")
-    t = t.long()
-    t = t.expand(batch) if t.dim() == 0 else t
-    t = t[:, None] if t.dim() == 1 else t
-    if t.dim() != 2 or t.shape[0] != batch:
-        raise ValueError(f"targets must be an int, B or B x T indices for B = {batch}, "
-                         f"got shape {tuple(t.shape)}")
-    return t
+from xai_utils.core.registry import class_indices
 
 
 @contextmanager
@@ -77,8 +62,8 @@ def activations_and_gradients(model: nn.Module, x: torch.Tensor, layers: list[st
     num_classes = logits.shape[1]
     if targets is None:
         targets = logits.detach().topk(min(topk, num_classes), dim=1).indices
-    elif ((targets < 0) | (targets >= num_classes)).any():
-        raise IndexError(f"target class out of range 0..{num_classes - 1}")
+    else:
+        targets = class_indices(targets, x.shape[0], x.device, num_classes)
     grads: dict[str, torch.Tensor] = {}
     if gradients:
         scores = logits.gather(1, targets)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xai_utils.core.model_state import forward_batch, merged_batchnorm
-from xai_utils.features.occluder import Occluder, pixel_range
+from xai_utils.feature_occlusion.occluder import Occluder, pixel_range
 
 
 @torch.no_grad()

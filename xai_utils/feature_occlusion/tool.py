@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from xai_utils.features.metrics import analyze, subset_index
-from xai_utils.features.occluder import Occluder, pixel_range, subsets
+from xai_utils.feature_occlusion.metrics import analyze, subset_index
+from xai_utils.feature_occlusion.occluder import Occluder, pixel_range, subsets
 
 
 class OcclusionTool:

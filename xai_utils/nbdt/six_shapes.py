@@ -21,7 +21,7 @@ from torch import nn
 from xai_utils.core.inputs import ModelInfo
 from xai_utils.core.inputs import device as default_device
 from xai_utils.data.shapes import rotated_frame, white_on_noise
-from xai_utils.data.training import fit
+from xai_utils.models.training import fit
 
 # name, WordNet id, sides (0 = curve), aspect ratio
 FIGURES = (("triangle", "n13879320", 3, 1.0), ("square", "n13878634", 4, 1.0),

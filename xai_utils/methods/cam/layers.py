@@ -27,11 +27,9 @@ import torch
 from torch import nn
 
 from xai_utils.core.inputs import model_info
-from xai_utils.core.model_state import model_device
+from xai_utils.core.model_state import PASS_THROUGH, model_device
 from xai_utils.core.outputs import unwrap
 from xai_utils.core.registry import MethodNotApplicable
-
-PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from xai_utils.core.model_state import PASS_THROUGH
 from xai_utils.core.outputs import unwrap
 from xai_utils.core.registry import MethodNotApplicable
 
-PASS = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Linear)
+PASS = (*PASS_THROUGH, nn.Linear)  # what may sit between the pool and the classifier
 
 
 def _is_gap(pool: nn.Module) -> bool:

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xai_utils.methods.cam_grads import (
-    _as_targets,
+from xai_utils.core.registry import class_indices
+from xai_utils.methods.cam.grads import (
     activations_and_gradients,
     upsample,
     weighted_sum,
 )
-from xai_utils.methods.cam_head import gap_linear_head
-from xai_utils.methods.cam_layers import cam_layer_spec, layer_spec, stage_layers, to_maps
+from xai_utils.methods.cam.head import gap_linear_head
+from xai_utils.methods.cam.layers import cam_layer_spec, layer_spec, stage_layers, to_maps
 
 
 @dataclass
@@ -39,7 +39,7 @@ class LayerCache:
     def build(cls, model: nn.Module, x: torch.Tensor, layers: list[str] | None = None,
               targets=None, topk: int = 5) -> LayerCache:
         layers = list(layers or stage_layers(model))
-        t = _as_targets(targets, x.shape[0], x.device)
+        t = None if targets is None else class_indices(targets, x.shape[0], x.device)
         acts, grads, logits, t = activations_and_gradients(model, x, layers, t, topk)
         size = tuple(x.shape[-2:])
         specs = {n: layer_spec(model, n) for n in layers}

@@ -1,4 +1,4 @@
-"""Grad-CAM's successors, each a short variant of `ChannelWeightedMap` (cam.py): any layer a
+"""Grad-CAM's successors, each a short variant of `ChannelWeightedMap` (base.py): any layer a
 Grad-CAM reads (transformer tokens included), the same recording, ReLU and upsampling.
 
 - Grad-CAM++ (Chattopadhay, Sarkar, Howlader, Balasubramanian, WACV 2018, eqs. 10 and 19):
@@ -24,7 +24,7 @@ from torch import nn
 
 from xai_utils.core.model_state import forward_batch
 from xai_utils.core.registry import Explanation, register
-from xai_utils.methods.cam import ChannelWeightedMap, _explanation
+from xai_utils.methods.cam.base import ChannelWeightedMap, _explanation
 
 
 class GradCAMPlusPlus(ChannelWeightedMap):

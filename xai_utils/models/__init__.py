@@ -15,7 +15,7 @@ from torch import nn
 
 from xai_utils.core.inputs import ModelInfo, device, model_info
 from xai_utils.core.outputs import OutputSelector, Selector
-from xai_utils.data.zoo import ZOOS, torchvision_names, zoo_model
+from xai_utils.models.zoo import ZOOS, torchvision_names, zoo_model
 
 EMBEDDED = ("efficientnet_lite0", "shapes_vgg")
 
@@ -51,7 +51,7 @@ def _efficientnet_lite0(pretrained: bool = True) -> nn.Module:
 
 
 def _shapes_vgg(pretrained: bool) -> nn.Module:
-    from xai_utils.data.shapes import ShapesVGG, weights_path
+    from xai_utils.models.shapes_vgg import ShapesVGG, weights_path
 
     model = ShapesVGG()
     if pretrained:
@@ -59,7 +59,7 @@ def _shapes_vgg(pretrained: bool) -> nn.Module:
         if not path.exists():
             raise FileNotFoundError(
                 f"shapes_vgg weights not found at {path}; retrain them with "
-                "`python -m xai_utils.data.shapes train`"
+                "`python -m xai_utils.models.shapes_vgg train`"
             )
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
