@@ -6,13 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test test-fast imports figures gpu-check lab lint clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/post_install.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[notebooks,test]"
-	# TorchRay, the reference for extremal perturbation: its attribution code needs only torch,
-	# and its declared dependencies (pymongo, ...) are not wanted here
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps torchray==1.0.0.2
-	$(BIN)/python scripts/install_wordnet.py
+	# TorchRay without its dependencies, WordNet (the conda route runs the same script)
+	$(BIN)/python scripts/post_install.py
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -12,7 +12,11 @@ the localisation score (positive attribution in the cell / in the grid: mean, me
 quartiles) and how often the map's maximum lies in the right cell. LRP is scored with each
 best-practice composite (Kohlbrenner et al. 2020), the thesis one and `zplus_box`, and with
 each class-contrastive start (CLRP, SGLRP) on the papers' `zplus_box` and on the default
-composite. `--steps N` adds the optimisation methods with N iterations (slow on a CPU).
+composite. The peer methods with one or a few dozen passes per map are rows too (Grad-CAM++,
+LayerCAM, guided backprop, Guided Grad-CAM, Integrated Gradients, SmoothGrad, at their
+defaults); Score-CAM (one forward per channel: 1280 at the last layer) and RISE (thousands
+of masked forwards) are left out at 448 px on a CPU. `--steps N` adds the optimisation
+methods with N iterations (slow on a CPU).
 `--difull`: every cell through the features alone, its logits from its own part of the
 stitched feature map (`evaluation.grid.Disconnected`), so any attribution outside the cell
 is wrong; Grad-CAM reads the stitched map, CAM does not apply (no pooling head on the
@@ -66,6 +70,9 @@ def package_file(package: str, relative: str) -> Path:
 def configurations(model, steps: int, side: int) -> list[tuple[str, str, dict]]:
     """(label, method, parameters) of every row."""
     rows = [("gradient", "gradient", {}), ("gradcam", "gradcam", {}), ("cam", "cam", {})]
+    rows += [(name, name, {}) for name in ("gradcampp", "layercam", "guided_backprop",
+                                           "guided_gradcam", "integrated_gradients",
+                                           "smoothgrad")]
     rows += [(f"lrp {c}", "lrp", {"composite": c}) for c in COMPOSITES]
     rows += [(f"lrp {comp} {c}", "lrp", {"composite": comp, "contrast": c})
              for comp in (CONTRAST_COMPOSITE, DEFAULT_COMPOSITE) for c in CONTRASTS]

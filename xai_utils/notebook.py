@@ -122,6 +122,22 @@ def compare(a: float, b: float, less: str = "lower", more: str = "higher",
     return less if a < b else more
 
 
+def trend(values, names, tie) -> str:
+    """How a sequence moves from one entry to the next, in words for prose: runs of "falls",
+    "rises" or "stays about the same" (where `tie(u, v)` holds), e.g. "falls from a to b, then
+    stays about the same at each step from b to d". `names` label the entries."""
+    moves = ["stays about the same" if tie(u, v) else "rises" if v > u else "falls"
+             for u, v in zip(values, values[1:])]
+    runs: list[list] = []  # [word, first index, last index]
+    for k, word in enumerate(moves):
+        if runs and runs[-1][0] == word:
+            runs[-1][2] = k + 1
+        else:
+            runs.append([word, k, k + 1])
+    return ", then ".join(f"{w} {'at each step ' if j - i > 1 else ''}from {names[i]} to {names[j]}"
+                          for w, i, j in runs)
+
+
 def listing(items, empty: str = "none") -> str:
     """Names for prose: "a", "a and b", "a, b and c" (`empty` for none)."""
     items = [str(i) for i in items]

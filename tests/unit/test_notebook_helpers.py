@@ -149,3 +149,11 @@ def test_summary_and_headline_are_rendered_from_the_records(tmp_path, monkeypatc
     assert (tmp_path / "99_x_headline.md").read_text() == "The score is 25%, tied.\n"
     with pytest.raises(KeyError, match="nothing was recorded under it; recorded: \\['score'\\]"):
         notebook.summary("{missing}", headline="{score}")
+
+
+def test_trend_names_runs_and_ties():
+    tie = lambda u, v: abs(u - v) <= 0.01  # noqa: E731
+    assert notebook.trend([3, 2, 2.005, 2.0, 5], list("abcde"), tie) == (
+        "falls from a to b, then stays about the same at each step from b to d, then rises from "
+        "d to e")
+    assert notebook.trend([1, 2, 3], list("xyz"), tie) == "rises at each step from x to z"
