@@ -127,7 +127,7 @@ def trend(values, names, tie) -> str:
     "rises" or "stays about the same" (where `tie(u, v)` holds), e.g. "falls from a to b, then
     stays about the same at each step from b to d". `names` label the entries."""
     moves = ["stays about the same" if tie(u, v) else "rises" if v > u else "falls"
-             for u, v in zip(values, values[1:])]
+             for u, v in zip(values[:-1], values[1:], strict=True)]
     runs: list[list] = []  # [word, first index, last index]
     for k, word in enumerate(moves):
         if runs and runs[-1][0] == word:

@@ -157,3 +157,21 @@ def test_trend_names_runs_and_ties():
         "falls from a to b, then stays about the same at each step from b to d, then rises from "
         "d to e")
     assert notebook.trend([1, 2, 3], list("xyz"), tie) == "rises at each step from x to z"
+
+
+def test_large_figures_are_stored_with_a_palette(tmp_path, monkeypatch):
+    """A figure whose PNG passes LARGE_PNG is re-encoded with 256 colours and shrinks."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    monkeypatch.setenv("XAI_FIGURES_DIR", str(tmp_path))
+    monkeypatch.setattr(xu.viz, "LARGE_PNG", 10_000)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(np.random.default_rng(0).random((200, 200, 3)))
+    direct = tmp_path / "direct.png"
+    fig.savefig(direct, dpi=110, bbox_inches="tight", facecolor="white")
+    path = xu.save_figure(fig, "noisy")
+    plt.close(fig)
+    with Image.open(path) as image:
+        assert image.mode == "P"
+    assert path.stat().st_size < direct.stat().st_size

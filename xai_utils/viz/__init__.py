@@ -98,15 +98,32 @@ def figures_dir() -> Path:
     return Path(os.environ.get("XAI_FIGURES_DIR", FIGURES_DIR))
 
 
+LARGE_PNG = 2_000_000  # bytes: a saved figure above this is stored with a 256-colour palette
+
+
 def save_figure(fig, name: str, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as figures/<name>.png and return the path."""
+    """Save a matplotlib figure as figures/<name>.png and return the path. A file over
+    `LARGE_PNG` bytes (many photo panels) is re-encoded with a 256-colour palette (dithered),
+    which keeps the repository small at no visible cost."""
     if not name or "/" in name or "\\" in name:
         raise ValueError(f"figure name must be a plain file name, got {name!r}")
     out = figures_dir()
     out.mkdir(parents=True, exist_ok=True)
     path = out / (name if name.endswith(".png") else f"{name}.png")
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    if path.stat().st_size > LARGE_PNG:
+        palette_png(path)
     return path
+
+
+def palette_png(path: Path) -> None:
+    """Re-encode a PNG in place with a 256-colour adaptive palette."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    palette = rgb.quantize(256, method=Image.Quantize.MEDIANCUT)
+    rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
 
 
 def shared_limit(maps, q: float = 0.99) -> float:
